@@ -1,0 +1,77 @@
+"""2D training slices drawn from cached, preprocessed 3D short-axis volumes (method.md section 5.3)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.data import CacheDataset
+from monai.transforms import Randomizable
+
+__all__ = ["VolumeSliceDataset"]
+
+logger = logging.getLogger(__name__)
+
+
+class VolumeSliceDataset(Randomizable, torch.utils.data.Dataset):
+    """Every slice of every volume, as a 2D sample ``{"image": 1, H, W, "label": 1, H, W, ...}``.
+
+    Volumes are ``1, H, W, D`` after ``volume_transform`` (load, channel first, normalise, resample), which runs once
+    per volume and is cached. The index enumerates all ``D`` slices of every volume; as in the reference, a slice
+    whose label is empty is served by a random labelled slice of the same volume, so empty slices are never trained
+    on and labelled ones are drawn more often. ``slice_transform`` (augmentation) runs on every draw.
+
+    Args:
+        data: MONAI-style list of ``{"image": path, "label": path, ...}``; the ``data`` key that MONAI Label and
+            overrides such as ``train#dataset#data`` replace.
+        volume_transform: deterministic 3D preprocessing, output ``image``/``label`` of shape ``1, H, W, D``.
+        slice_transform: 2D transforms applied to each drawn slice (random augmentation and cropping).
+        cache_num_workers: workers that preprocess volumes into the cache.
+        progress: show the caching progress bar.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict[str, Any]],
+        volume_transform: Callable,
+        slice_transform: Callable | None = None,
+        cache_num_workers: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if len(data) == 0:
+            raise ValueError("VolumeSliceDataset got an empty data list: no training volumes were given.")
+        self.volumes = CacheDataset(
+            data, transform=volume_transform, cache_rate=1.0, num_workers=cache_num_workers, progress=progress
+        )
+        self.slice_transform = slice_transform
+        self.index: list[tuple[int, int]] = []
+        self.labelled_slices: list[list[int]] = []
+        for v in range(len(self.volumes)):
+            label = self.volumes[v]["label"]
+            depth = label.shape[-1]
+            labelled = [s for s in range(depth) if bool((label[..., s] > 0).any())]
+            if not labelled:
+                source = data[v].get("label", v) if isinstance(data[v], dict) else v
+                raise ValueError(f"training label {source} has no foreground voxel (expected codes 1 LV, 2 MYO, 3 RV).")
+            self.labelled_slices.append(labelled)
+            self.index.extend((v, s) for s in range(depth))
+        logger.info("%d training slices from %d volumes.", len(self.index), len(self.volumes))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        v, s = self.index[i]
+        labelled = self.labelled_slices[v]
+        if s not in labelled:
+            s = labelled[int(self.R.randint(len(labelled)))]
+        volume = self.volumes[v]
+        sample = {
+            "image": torch.as_tensor(volume["image"][..., s]).clone(),
+            "label": torch.as_tensor(volume["label"][..., s]).clone(),
+            "volume_index": v,
+            "slice_index": s,
+        }
+        return self.slice_transform(sample) if self.slice_transform is not None else sample

@@ -1,0 +1,27 @@
+"""Loss primitives of the cooperative training objective (method.md section 4.1).
+
+Label maps are ``B, H, W`` integer tensors with codes 0 background, 1 LV, 2 MYO, 3 RV; logits are ``B, K, H, W``;
+images are ``B, 1, H, W`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["pixel_cross_entropy", "reconstruction_loss", "one_hot_label"]
+
+
+def pixel_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean pixel cross-entropy over ``B * H * W``, all classes unweighted, background included."""
+    return F.cross_entropy(logits, label)
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, image: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
+    """``weight * MSE`` (mean over all elements); the reference weight is 0.5 and the target the clean image."""
+    return weight * F.mse_loss(reconstruction, image)
+
+
+def one_hot_label(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``B, H, W`` integer label -> ``B, K, H, W`` float one-hot, the STN's view of a ground truth."""
+    return F.one_hot(label.long(), num_classes).permute(0, 3, 1, 2).float()

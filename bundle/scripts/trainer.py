@@ -1,0 +1,255 @@
+"""Cooperative trainer and evaluator: MONAI ``Trainer``/``SupervisedEvaluator`` subclasses (method.md section 4).
+
+One iteration (``CooperativeTrainer._iteration``):
+
+1. ``x``: a batch of 2D slices ``B, 1, H, W`` in [0, 1] (augmented copies, then the un-augmented originals, see
+   :class:`PairedSlicePrepareBatch`); ``y``: ``B, H, W`` label codes (0 BG, 1 LV, 2 MYO, 3 RV).
+2. The FTN reads ``clamp(x + sigma * N(0, 1), 0, 1)``; the four standard terms are computed.
+3. With ``latent_da`` the FTN's codes are masked and decoded into a hard image and a hard segmentation, and the four
+   hard terms are added. ``latent_da=False`` is the paper's standard-training baseline, from the same code.
+4. One backward pass of the sum and one optimiser step over all five parts.
+
+The reference steps five Adam optimisers, one per part, with identical settings. Adam's update is per parameter, so
+a single Adam over all parameters (one param group per part, see :func:`per_part_param_groups`) is the same
+optimisation; it keeps MONAI's single ``optimizer`` convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from monai.engines import SupervisedEvaluator, Trainer
+from monai.engines.utils import IterationEvents, default_prepare_batch
+from monai.utils.enums import CommonKeys as Keys
+from torch.utils.data import DataLoader
+
+from .cooperative import add_input_noise, generate_hard_examples, hard_terms, standard_terms
+from .masking import LatentMasker
+from .networks import CoopSegNet
+
+__all__ = [
+    "STANDARD_TERMS",
+    "HARD_TERMS",
+    "CooperativeTrainer",
+    "CooperativeEvaluator",
+    "PairedSlicePrepareBatch",
+    "per_part_param_groups",
+    "loss_terms",
+]
+
+STANDARD_TERMS = ("seg", "recon", "gt_shape", "shape")
+HARD_TERMS = ("hard_seg", "hard_recon", "hard_shape", "hard_corrupted_shape")
+
+
+def per_part_param_groups(network: torch.nn.Module) -> list[dict[str, Any]]:
+    """One optimiser param group per reference part (``image_encoder`` ... ``shape_decoder``)."""
+    net = getattr(network, "module", network)
+    return [{"params": list(part.parameters()), "name": name} for name, part in net.parts().items()]
+
+
+def loss_terms(output: dict[str, Any]) -> dict[str, float]:
+    """``output_transform`` for Stats/TensorBoard handlers: every loss term of an iteration as a float."""
+    return {k: float(v) for k, v in output.items() if k == Keys.LOSS or k in STANDARD_TERMS or k in HARD_TERMS}
+
+
+class _TermAverage:
+    """Minimal ignite-compatible epoch average of one loss term, written to ``engine.state.metrics``."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.total = 0.0
+        self.count = 0
+
+    def attach(self, engine: Trainer, name: str) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write, name)
+
+    def _reset(self, engine: Trainer) -> None:
+        self.total, self.count = 0.0, 0
+
+    def _update(self, engine: Trainer) -> None:
+        value = engine.state.output.get(self.key) if isinstance(engine.state.output, dict) else None
+        if value is not None:
+            self.total += float(value)
+            self.count += 1
+
+    def _write(self, engine: Trainer, name: str) -> None:
+        if self.count:
+            engine.state.metrics[name] = self.total / self.count
+
+
+class PairedSlicePrepareBatch:
+    """Batch preparation for 2D slice batches: ``(images B, 1, H, W, labels B, H, W long)`` on ``device``.
+
+    With ``keep_original_pair`` the un-augmented originals (``image_orig``/``label_orig``) are appended after the
+    augmented slices, so a loader batch of n slices trains on 2n (the reference's 10 + 10).
+    """
+
+    def __init__(self, keep_original_pair: bool = True, image_key: str = "image", label_key: str = "label") -> None:
+        self.keep_original_pair = keep_original_pair
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(
+        self, batchdata: dict[str, torch.Tensor], device: torch.device | str | None = None, non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [batchdata[self.image_key]], [batchdata[self.label_key]]
+        if self.keep_original_pair:
+            images.append(batchdata[f"{self.image_key}_orig"])
+            labels.append(batchdata[f"{self.label_key}_orig"])
+        image = torch.cat([torch.as_tensor(i) for i in images]).float()
+        label = torch.cat([torch.as_tensor(lbl) for lbl in labels])
+        if label.ndim == image.ndim:  # B, 1, H, W -> B, H, W
+            label = label[:, 0]
+        return (
+            image.to(device=device, non_blocking=non_blocking),
+            label.round().long().to(device=device, non_blocking=non_blocking),
+        )
+
+
+class CooperativeTrainer(Trainer):
+    """Cooperative training (``latent_da=True``) or the standard-training baseline (``latent_da=False``).
+
+    Args:
+        device: where the network runs.
+        max_epochs: epochs to train.
+        train_data_loader: yields slice batches (see :class:`PairedSlicePrepareBatch`).
+        network: a :class:`~scripts.networks.CoopSegNet` (or a DDP wrapper around one).
+        optimizer: one optimiser over all five parts (see :func:`per_part_param_groups`).
+        latent_da: generate hard examples by latent masking and add the four hard terms.
+        image_masker: masker for the image code z_image (None: z_image is decoded unmasked).
+        shape_masker: masker for the shape code z_shape (None: z_shape is decoded unmasked).
+        input_noise_sigma: sigma of the Gaussian noise on the FTN input (reference 0.05).
+        recon_weight: weight of the MSE reconstruction terms (reference 0.5).
+        separate_training: detach FTN logits before the STN, blocking the STN-to-FTN gradient (reference False).
+        reference_bn: BatchNorm handling of the hard terms as in the reference [quirk]; see
+            :func:`scripts.cooperative.hard_terms`.
+        prepare_batch: returns ``(images, labels)`` on the device.
+        train_handlers: ignite/MONAI handlers (checkpointing, stats, validation).
+        amp: mixed precision on CUDA.
+        epoch_length: iterations per epoch (default: the loader's length).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: DataLoader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        latent_da: bool = True,
+        image_masker: LatentMasker | None = None,
+        shape_masker: LatentMasker | None = None,
+        input_noise_sigma: float = 0.05,
+        recon_weight: float = 0.5,
+        separate_training: bool = False,
+        reference_bn: bool = True,
+        prepare_batch: Callable = default_prepare_batch,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        epoch_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(getattr(network, "module", network), CoopSegNet):
+            raise TypeError(f"network must be a CoopSegNet (or wrap one in .module), got {type(network).__name__}.")
+        terms = ("loss",) + STANDARD_TERMS + (HARD_TERMS if latent_da else ())
+        averages = {f"train_{t}": _TermAverage(t) for t in terms}
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            prepare_batch=prepare_batch,
+            key_metric={"train_loss": averages.pop("train_loss")},
+            additional_metrics=averages,
+            metric_cmp_fn=lambda current, best: current < best,
+            handlers=train_handlers,
+            amp=amp,
+            decollate=False,
+            **kwargs,
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.latent_da = latent_da
+        self.image_masker = image_masker if image_masker is not None else (LatentMasker() if latent_da else None)
+        self.shape_masker = shape_masker if shape_masker is not None else (LatentMasker() if latent_da else None)
+        self.input_noise_sigma = input_noise_sigma
+        self.recon_weight = recon_weight
+        self.separate_training = separate_training
+        self.reference_bn = reference_bn
+
+    def _iteration(self, engine: CooperativeTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+        net: CoopSegNet = getattr(engine.network, "module", engine.network)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast(image.device.type) if engine.amp else nullcontext()
+        with autocast:
+            std = standard_terms(
+                net, add_input_noise(image, engine.input_noise_sigma), image, label,
+                engine.separate_training, engine.recon_weight,
+            )
+            losses = dict(std.losses)
+            hard = None
+            if engine.latent_da:
+                hard = generate_hard_examples(
+                    net, std.z_image, std.z_shape, image, label, engine.image_masker, engine.shape_masker
+                )
+                losses.update(
+                    hard_terms(net, hard, image, label, engine.separate_training, engine.recon_weight,
+                               engine.reference_bn)
+                )
+            loss = torch.stack(list(losses.values())).sum()
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        output: dict[str, Any] = {Keys.IMAGE: image, Keys.LABEL: label, Keys.PRED: std.seg_logits.detach(),
+                                  Keys.LOSS: loss.detach()}
+        output.update({k: v.detach() for k, v in losses.items()})
+        if hard is not None:
+            output.update(hard_image=hard.hard_image, hard_seg_logits=hard.hard_seg_logits,
+                          image_scheme=hard.image_scheme, shape_scheme=hard.shape_scheme)
+        engine.state.output = output
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return output
+
+
+class CooperativeEvaluator(SupervisedEvaluator):
+    """Whole-volume validation that scores both predictions from one FTN pass.
+
+    ``pred`` is STN(FTN(x)) (the model-selection output) and ``pred_ftn`` is FTN(x), both logits from the
+    evaluator's ``inferer`` (a ``SliceInferer`` for 3D volumes). Takes ``SupervisedEvaluator``'s arguments.
+    """
+
+    def _iteration(self, engine: CooperativeEvaluator, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        net: CoopSegNet = getattr(engine.network, "module", engine.network)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        autocast = torch.autocast(inputs.device.type, **engine.amp_kwargs) if engine.amp else nullcontext()
+        with engine.mode(engine.network), autocast:
+            refined, ftn = engine.inferer(inputs, net.predict_both)
+        engine.state.output[Keys.PRED] = refined
+        engine.state.output["pred_ftn"] = ftn
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
