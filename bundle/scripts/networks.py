@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "ResidualDown",
@@ -50,10 +49,11 @@ class ResidualDown(nn.Module):
         self.down = nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
         self.branch = _conv_bn_pair(in_channels, out_channels)
+        self.act = nn.LeakyReLU(_SLOPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.down(x)
-        return F.leaky_relu(self.shortcut(x) + self.branch(x), _SLOPE)
+        return self.act(self.shortcut(x) + self.branch(x))
 
 
 class ResidualUp(nn.Module):
@@ -73,10 +73,11 @@ class ResidualUp(nn.Module):
             raise ValueError(f"up_type must be 'nearest' or 'transpose', got {up_type!r}.")
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
         self.branch = _conv_bn_pair(in_channels, out_channels)
+        self.act = nn.LeakyReLU(_SLOPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        return F.leaky_relu(self.shortcut(x) + self.branch(x), _SLOPE)
+        return self.act(self.shortcut(x) + self.branch(x))
 
 
 class Encoder(nn.Module):
@@ -91,11 +92,12 @@ class Encoder(nn.Module):
         self.down3 = ResidualDown(4 * w, 8 * w)
         self.down4 = ResidualDown(8 * w, 8 * w)
         self.final_conv = nn.Sequential(nn.Conv2d(8 * w, 8 * w, 1), nn.BatchNorm2d(8 * w))
+        self.inc_act = nn.LeakyReLU(_SLOPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.inc(x), _SLOPE)
+        x = self.inc_act(self.inc(x))
         x = self.down4(self.down3(self.down2(self.down1(x))))
-        return F.relu(self.final_conv(x))
+        return torch.relu(self.final_conv(x))
 
 
 class Decoder(nn.Module):

@@ -114,6 +114,7 @@ def resolve_datalists(
     datalist_file: str | None = None,
     synthetic_cache_dir: str | None = None,
     synthetic_seed: int = 0,
+    synthetic_split: dict[str, int] | None = None,
     validation_fraction: float = 0.2,
 ) -> dict[str, list[dict]]:
     """``{"training": [...], "validation": [...]}`` with absolute paths.
@@ -123,11 +124,12 @@ def resolve_datalists(
         datalist_file: the JSON datalist (default ``<dataset_dir>/datalist.json``).
         synthetic_cache_dir: where the phantom is cached (default :func:`default_cache_dir`).
         synthetic_seed: the phantom's seed.
+        synthetic_split: subjects per phantom split (default ``SYNTHETIC_SPLIT``: 10 training, 5 validation, 20 test).
         validation_fraction: if the datalist has no ``validation`` list, this fraction of the training entries
             (the last ones, deterministic) validates.
     """
     if not dataset_dir:
-        dataset_dir = str(ensure_synthetic_dataset(synthetic_cache_dir, synthetic_seed))
+        dataset_dir = str(ensure_synthetic_dataset(synthetic_cache_dir, synthetic_seed, synthetic_split))
         datalist_file = None
     root = Path(dataset_dir)
     if not root.is_dir():
