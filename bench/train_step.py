@@ -85,7 +85,7 @@ def main() -> None:
     # Interleave the two modes so that machine load drifts affect both alike.
     trainers = {"standard": make_trainer(False, device), "cooperative": make_trainer(True, device)}
     samples: dict[str, list[float]] = {k: [] for k in trainers}
-    for name, trainer in trainers.items():
+    for trainer in trainers.values():
         time_iterations(trainer, batch, args.warmup, 0)
     for _ in range(args.iters):
         for name, trainer in trainers.items():

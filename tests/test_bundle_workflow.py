@@ -140,7 +140,8 @@ def test_cli_main_job_writes_inside_the_bundle(tiny_dataset: Path, tmp_path: Pat
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     env = {**os.environ, "PYTHONPATH": ""}
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(bundle / "configs/train.json"),
+    config = str(bundle / "configs/train.json")
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config,
             "--dataset_dir", str(tiny_dataset), "--train#dataloader#batch_size", "4"]
     for key, value in TINY.items():
         if key != "batch_size":

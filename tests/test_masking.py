@@ -137,7 +137,7 @@ def test_gradient_matches_autograd_of_the_task_loss(setup: dict) -> None:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.track_running_stats = False
     (expected,) = torch.autograd.grad(F.cross_entropy(dec(leaf), label), leaf)
-    for m, flag in zip([m for m in dec.modules() if isinstance(m, torch.nn.BatchNorm2d)], saved):
+    for m, flag in zip([m for m in dec.modules() if isinstance(m, torch.nn.BatchNorm2d)], saved, strict=True):
         m.track_running_stats = flag
     torch.testing.assert_close(grad, expected)
 

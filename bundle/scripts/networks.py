@@ -41,43 +41,43 @@ def _conv_bn_pair(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class ResidualDown(nn.Module):
-    """Stride-2 conv (no norm), then ``LReLU(Conv1x1(x) + branch(x))``. ``B, Cin, H, W -> B, Cout, H/2, W/2``."""
+class _ResidualBlock(nn.Module):
+    """``resample``, then ``LReLU(Conv1x1(x) + branch(x))``: a residual block with a 1x1 projection shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, resample: nn.Module, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.down = nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1)
+        self.resample = resample
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
         self.branch = _conv_bn_pair(in_channels, out_channels)
         self.act = nn.LeakyReLU(_SLOPE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.down(x)
+        x = self.resample(x)
         return self.act(self.shortcut(x) + self.branch(x))
 
 
-class ResidualUp(nn.Module):
-    """x2 upsampling, then ``LReLU(Conv1x1(x) + branch(x))``. ``B, Cin, H, W -> B, Cout, 2H, 2W``.
+class ResidualDown(_ResidualBlock):
+    """Stride-2 conv (no norm), then the residual body. ``B, Cin, H, W -> B, Cout, H/2, W/2``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1), in_channels, out_channels)
+
+
+class ResidualUp(_ResidualBlock):
+    """x2 upsampling, then the residual body. ``B, Cin, H, W -> B, Cout, 2H, 2W``.
 
     ``up_type="nearest"`` is parameter-free nearest-neighbour upsampling (no conv after it, as in the reference);
     ``up_type="transpose"`` is ``ConvTranspose2d(Cin, Cin, 2, stride 2)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, up_type: str = "nearest") -> None:
-        super().__init__()
         if up_type == "nearest":
-            self.up: nn.Module = nn.Upsample(scale_factor=2, mode="nearest")
+            up: nn.Module = nn.Upsample(scale_factor=2, mode="nearest")
         elif up_type == "transpose":
-            self.up = nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2)
+            up = nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2)
         else:
             raise ValueError(f"up_type must be 'nearest' or 'transpose', got {up_type!r}.")
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
-        self.branch = _conv_bn_pair(in_channels, out_channels)
-        self.act = nn.LeakyReLU(_SLOPE)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.up(x)
-        return self.act(self.shortcut(x) + self.branch(x))
+        super().__init__(up, in_channels, out_channels)
 
 
 class Encoder(nn.Module):

@@ -19,17 +19,22 @@ def _batchnorms(modules: tuple[nn.Module, ...]) -> list[nn.modules.batchnorm._Ba
 
 
 @contextmanager
-def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
-    """Within the block, no parameter of ``modules`` requires grad; the previous flags are restored on exit."""
-    params = [p for module in modules for p in module.parameters()]
+def _requires_grad(params: list[nn.Parameter], flag: bool) -> Iterator[None]:
     previous = [p.requires_grad for p in params]
     for p in params:
-        p.requires_grad_(False)
+        p.requires_grad_(flag)
     try:
         yield
     finally:
-        for p, flag in zip(params, previous):
-            p.requires_grad_(flag)
+        for p, old in zip(params, previous, strict=True):
+            p.requires_grad_(old)
+
+
+@contextmanager
+def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
+    """Within the block, no parameter of ``modules`` requires grad; the previous flags are restored on exit."""
+    with _requires_grad([p for module in modules for p in module.parameters()], False):
+        yield
 
 
 @contextmanager
@@ -44,15 +49,11 @@ def untracked_batchnorm(*modules: nn.Module, freeze_affine: bool = False) -> Ite
     norms = _batchnorms(modules)
     previous_tracking = [m.track_running_stats for m in norms]
     affine = [p for m in norms for p in (m.weight, m.bias) if p is not None] if freeze_affine else []
-    previous_grad = [p.requires_grad for p in affine]
     for m in norms:
         m.track_running_stats = False
-    for p in affine:
-        p.requires_grad_(False)
     try:
-        yield
+        with _requires_grad(affine, False):
+            yield
     finally:
-        for m, flag in zip(norms, previous_tracking):
+        for m, flag in zip(norms, previous_tracking, strict=True):
             m.track_running_stats = flag
-        for p, flag in zip(affine, previous_grad):
-            p.requires_grad_(flag)

@@ -90,7 +90,7 @@ def _check_entries(entries: list[dict], key: str, datalist_file: Path) -> list[d
         for field in ("image", "label"):
             path = entry.get(field)
             if path is None:
-                raise DatasetError(f"{datalist_file}: entry {i} of '{key}' has no '{field}' (expected image and label).")
+                raise DatasetError(f"{datalist_file}: entry {i} of '{key}' has no '{field}' (expected image, label).")
             if not Path(path).is_file():
                 raise DatasetError(f"{datalist_file}: entry {i} of '{key}' points at a missing {field} file: {path}")
     return entries
