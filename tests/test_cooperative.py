@@ -123,3 +123,34 @@ def test_a_few_iterations_lower_the_loss(latent_da: bool) -> None:
         opt.step()
         history.append(float(loss.detach()))
     assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5
+
+
+def test_trainer_iteration_gradient_equals_one_summed_backward() -> None:
+    """The trainer back-propagates the standard and hard parts separately; the gradient must be the summed one."""
+    from scripts.trainer import CooperativeTrainer
+
+    torch.manual_seed(0)
+    net = CoopSegNet(width=4)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    masker = LatentMasker()
+    trainer = CooperativeTrainer(
+        device="cpu", max_epochs=1, train_data_loader=[], network=net, optimizer=optimizer,
+        image_masker=masker, shape_masker=masker, prepare_batch=PairedSlicePrepareBatch(False), epoch_length=1,
+    )
+    image, label = _batch()
+    torch.manual_seed(1)
+    output = trainer._iteration(trainer, {"image": image, "label": label[:, None].float()})
+    split = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    std = standard_terms(net, add_input_noise(image), image, label)
+    hard = generate_hard_examples(net, std.z_image, std.z_shape, image, label, masker, masker)
+    losses = {**std.losses, **hard_terms(net, hard, image, label)}
+    sum(losses.values()).backward()
+    summed = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert split.keys() == summed.keys()
+    for name, grad in summed.items():
+        torch.testing.assert_close(split[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(output["loss"], sum(v.detach() for v in losses.values()), rtol=1e-5, atol=1e-6)
+    assert set(output) >= set(STANDARD_TERMS) | set(HARD_TERMS) | {"hard_image", "hard_seg_logits"}
