@@ -7,7 +7,8 @@ One iteration (``CooperativeTrainer._iteration``):
 2. The FTN reads ``clamp(x + sigma * N(0, 1), 0, 1)``; the four standard terms are computed.
 3. With ``latent_da`` the FTN's codes are masked and decoded into a hard image and a hard segmentation, and the four
    hard terms are added. ``latent_da=False`` is the paper's standard-training baseline, from the same code.
-4. One backward pass of the sum and one optimiser step over all five parts.
+4. The gradient of the sum, accumulated by back-propagating the standard part before generating the hard examples
+   and the hard part after (they share no graph), then one optimiser step over all five parts.
 
 The reference steps five Adam optimisers, one per part, with identical settings. Adam's update is per parameter, so
 a single Adam over all parameters (one param group per part, see :func:`per_part_param_groups`) is the same
