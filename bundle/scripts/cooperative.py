@@ -70,10 +70,6 @@ def standard_terms(
     return StandardPass(losses, z_image, z_shape, seg_logits)
 
 
-def _mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(output, target)
-
-
 @torch.no_grad()
 def _decode(decoder: torch.nn.Module, code: torch.Tensor) -> torch.Tensor:
     # Reference `decoder_inference(..., eval=False, disable_track_bn_stats=True)`: train-mode BN on the masked batch,
@@ -99,7 +95,7 @@ def generate_hard_examples(
     z_image, z_shape = z_image.detach(), z_shape.detach()
     image_scheme = shape_scheme = "none"
     if image_masker is not None:
-        z_image, image_scheme = image_masker(z_image, net.image_decoder, clean_image, _mse)
+        z_image, image_scheme = image_masker(z_image, net.image_decoder, clean_image, torch.nn.functional.mse_loss)
     if shape_masker is not None:
         z_shape, shape_scheme = shape_masker(z_shape, net.segmentation_decoder, label, pixel_cross_entropy)
     return HardExamples(

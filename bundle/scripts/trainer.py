@@ -22,6 +22,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, Trainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils.enums import CommonKeys as Keys
@@ -56,33 +57,9 @@ def loss_terms(output: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in output.items() if k == Keys.LOSS or k in STANDARD_TERMS or k in HARD_TERMS}
 
 
-class _TermAverage:
-    """Minimal ignite-compatible epoch average of one loss term, written to ``engine.state.metrics``."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.total = 0.0
-        self.count = 0
-
-    def attach(self, engine: Trainer, name: str) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write, name)
-
-    def _reset(self, engine: Trainer) -> None:
-        self.total, self.count = 0.0, 0
-
-    def _update(self, engine: Trainer) -> None:
-        value = engine.state.output.get(self.key) if isinstance(engine.state.output, dict) else None
-        if value is not None:
-            self.total += float(value)
-            self.count += 1
-
-    def _write(self, engine: Trainer, name: str) -> None:
-        if self.count:
-            engine.state.metrics[name] = self.total / self.count
+def _term_average(key: str) -> Average:
+    """Epoch mean of one loss term of the trainer's output (written to ``engine.state.metrics``)."""
+    return Average(output_transform=lambda output: output[key])
 
 
 class PairedSlicePrepareBatch:
@@ -161,7 +138,7 @@ class CooperativeTrainer(Trainer):
         if not isinstance(getattr(network, "module", network), CoopSegNet):
             raise TypeError(f"network must be a CoopSegNet (or wrap one in .module), got {type(network).__name__}.")
         terms = ("loss",) + STANDARD_TERMS + (HARD_TERMS if latent_da else ())
-        averages = {f"train_{t}": _TermAverage(t) for t in terms}
+        averages = {f"train_{t}": _term_average(t) for t in terms}
         super().__init__(
             device=device,
             max_epochs=max_epochs,
