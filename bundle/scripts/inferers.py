@@ -1,0 +1,132 @@
+"""Slice-by-slice, frame-by-frame inference of FTN + STN on short-axis volumes, with uncertainty maps.
+
+Input ``B, F, H, W, D``: F frames (1 for a 3D stack, T for a 4D cine) as channels, D slices on the last axis,
+intensities already normalised to [0, 1]. Each frame goes through MONAI's ``SliceInferer`` with all its slices in one
+batch; the in-plane size is padded (zeros) to a multiple of 16 for the network and cropped back.
+
+Outputs, per frame, on the input grid:
+
+- ``pred``: class probabilities ``B, F * K, H, W, D`` (frame f holds channels ``f * K .. f * K + K - 1``) of the STN
+  refinement ``softmax(STN(softmax(FTN(x) / T)))`` or, with ``refine=False``, of the FTN alone ``softmax(FTN(x))``;
+- ``uncertainty``: ``B, F, H, W, D`` entropy of ``pred``'s probabilities divided by ``log K`` (0 certain, 1 uniform);
+- ``disagreement``: ``B, F, H, W, D`` total-variation distance ``0.5 * sum_k |p_STN - p_FTN|`` between the FTN's and
+  the STN's class probabilities (0 identical, 1 disjoint).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SliceInferer
+
+__all__ = ["MAP_NAMES", "CoopSegInferer", "entropy_map", "disagreement_map"]
+
+MAP_NAMES = ("uncertainty", "disagreement")
+
+
+def entropy_map(prob: torch.Tensor) -> torch.Tensor:
+    """``N, K, ...`` probabilities -> ``N, 1, ...`` entropy normalised by ``log K`` to [0, 1]."""
+    ent = -(prob * torch.log(prob.clamp_min(1e-12))).sum(dim=1, keepdim=True)
+    return ent / math.log(prob.shape[1])
+
+
+def disagreement_map(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor:
+    """``N, K, ...`` twice -> ``N, 1, ...`` total-variation distance in [0, 1]."""
+    return 0.5 * (prob_a - prob_b).abs().sum(dim=1, keepdim=True)
+
+
+def _ceil_to(n: int, divisor: int) -> int:
+    return int(math.ceil(n / divisor) * divisor)
+
+
+class CoopSegInferer(Inferer):
+    """FTN + STN on every slice of every frame (see the module docstring for shapes and outputs).
+
+    Args:
+        refine: ``pred`` is STN-refined (the paper's prediction) or, if False, the FTN's alone.
+        divisor: in-plane sizes are padded to a multiple of this (the network downsamples 16 x).
+        spatial_dim: the slice axis among the 3 spatial axes (2: the last, as short-axis stacks are stored).
+        sw_batch_size: slices per network call; 0 means all slices of a frame at once.
+        channels_last: run the network on channels-last tensors (oneDNN's preferred layout on CPU).
+
+    The network must provide ``segment(x)`` (FTN logits) and ``refine_logits(logits)`` (STN), as
+    :class:`scripts.networks.CoopSegNet` and its TorchScript export do; a plain module that only has ``forward`` is
+    used as is for ``pred`` (no maps).
+    """
+
+    def __init__(
+        self,
+        refine: bool = True,
+        divisor: int = 16,
+        spatial_dim: int = 2,
+        sw_batch_size: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if divisor < 1 or spatial_dim not in (0, 1, 2) or sw_batch_size < 0:
+            raise ValueError(
+                f"need divisor >= 1, spatial_dim in 0..2, sw_batch_size >= 0; got {divisor}, "
+                f"{spatial_dim}, {sw_batch_size}."
+            )
+        self.refine = refine
+        self.divisor = divisor
+        self.spatial_dim = spatial_dim
+        self.sw_batch_size = sw_batch_size
+        self.channels_last = channels_last
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``B, F, H, W, D`` -> class probabilities ``B, F * K, H, W, D`` (the ``pred`` output)."""
+        return self.predict(inputs, network)["pred"]
+
+    def predict(
+        self, inputs: torch.Tensor, network: Callable[..., Any], maps: Sequence[str] = ()
+    ) -> dict[str, torch.Tensor]:
+        """``{"pred": ..., **maps}`` for ``inputs`` ``B, F, H, W, D``; ``maps`` is a subset of :data:`MAP_NAMES`."""
+        unknown = set(maps) - set(MAP_NAMES)
+        if unknown:
+            raise ValueError(f"unknown maps {sorted(unknown)}; available: {MAP_NAMES}.")
+        if inputs.ndim != 5:
+            raise ValueError(f"expected inputs B, F, H, W, D; got shape {tuple(inputs.shape)}.")
+        if maps and not (hasattr(network, "segment") and hasattr(network, "refine_logits")):
+            raise TypeError("uncertainty and disagreement maps need a network with segment() and refine_logits().")
+        in_plane = [s for i, s in enumerate(inputs.shape[2:]) if i != self.spatial_dim]
+        n_slices = inputs.shape[2 + self.spatial_dim]
+        slicer = SliceInferer(
+            roi_size=[_ceil_to(s, self.divisor) for s in in_plane],
+            spatial_dim=self.spatial_dim,
+            sw_batch_size=self.sw_batch_size or n_slices,
+            progress=False,
+        )
+        slice_fn = self._slice_fn(network, tuple(maps))
+        frames: list[dict[str, torch.Tensor]] = []
+        with torch.inference_mode():
+            for f in range(inputs.shape[1]):
+                frames.append(slicer(inputs[:, f : f + 1], slice_fn))
+        # inference tensors cannot be modified later (e.g. by Invertd); cat makes ordinary ones
+        return {key: torch.cat([fr[key] for fr in frames], dim=1) for key in frames[0]}
+
+    def _slice_fn(self, network: Callable[..., Any], maps: tuple[str, ...]) -> Callable[[torch.Tensor], dict]:
+        has_parts = hasattr(network, "segment") and hasattr(network, "refine_logits")
+
+        def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if not has_parts:
+                return {"pred": torch.softmax(network(x).float(), dim=1)}
+            ftn = network.segment(x)
+            need_stn = self.refine or "disagreement" in maps
+            stn = network.refine_logits(ftn) if need_stn else None
+            p_ftn = torch.softmax(ftn.float(), dim=1)
+            p_stn = torch.softmax(stn.float(), dim=1) if stn is not None else None
+            pred = p_stn if self.refine else p_ftn
+            out = {"pred": pred}
+            if "uncertainty" in maps:
+                out["uncertainty"] = entropy_map(pred)
+            if "disagreement" in maps:
+                out["disagreement"] = disagreement_map(p_stn, p_ftn)
+            return out
+
+        return run
