@@ -16,8 +16,8 @@ import torch
 from monai.config import DtypeLike, KeysCollection
 from monai.data import MetaTensor
 from monai.data.image_writer import resolve_writer
-from monai.transforms import MapTransform
-from monai.utils import ensure_tuple_rep
+from monai.transforms import MapTransform, SaveImaged
+from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from .infer_inputs import volume_stem
 
@@ -54,8 +54,11 @@ class FrameArgmaxd(MapTransform):
         return d
 
 
-class SaveVolumed(MapTransform):
+class SaveVolumed(SaveImaged):
     """Write ``F, H, W, D`` arrays as ``<output_dir>/<input stem>_<postfix><output_ext>``, atomically.
+
+    A ``SaveImaged`` variant (so tools that drop ``SaveImaged`` from a bundle's post-processing, like MONAI Label's
+    ``BundleInferTask``, drop it too) with per-key file names, no resampling and no overwriting.
 
     A 3D input (F = 1) gives a 3D file ``H, W, D``; a 4D cine gives ``H, W, D, F``. The affine is the array's own
     (the input's, after ``Invertd``); nothing is resampled. Each file is written to a hidden temporary name in
@@ -84,11 +87,23 @@ class SaveVolumed(MapTransform):
         source_key: str = "source",
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
+        output_ext = output_ext if output_ext.startswith(".") else f".{output_ext}"
+        postfixes = ensure_tuple_rep(output_postfix, len(ensure_tuple(keys)))
+        dtypes = ensure_tuple_rep(output_dtype, len(postfixes))
+        super().__init__(
+            keys,
+            output_dir=output_dir,
+            output_postfix=postfixes[0],
+            output_ext=output_ext,
+            resample=False,
+            output_dtype=dtypes[0],
+            separate_folder=False,
+            allow_missing_keys=allow_missing_keys,
+        )
         self.output_dir = Path(output_dir)
-        self.output_postfix = ensure_tuple_rep(output_postfix, len(self.keys))
-        self.output_ext = output_ext if output_ext.startswith(".") else f".{output_ext}"
-        self.output_dtype = ensure_tuple_rep(output_dtype, len(self.keys))
+        self.output_postfix = postfixes
+        self.output_ext = output_ext
+        self.output_dtype = dtypes
         self.overwrite = overwrite
         self.source_key = source_key
         self.writer_cls = resolve_writer(self.output_ext.lstrip("."))[0]
