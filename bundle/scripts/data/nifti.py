@@ -1,0 +1,135 @@
+"""Small NIfTI and JSON helpers for the dataset adapters: header-only inspection and atomic, never-clobbering writes.
+
+Every file is written to a temporary sibling and renamed into place, so an interrupted run never leaves a partial
+file. An existing output is kept when its content equals what would be written and is otherwise an error: derived
+labels are never silently overwritten.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .datalist import DatasetError
+
+__all__ = [
+    "load_nifti",
+    "nifti_shape",
+    "save_nifti_atomic",
+    "copy_file_atomic",
+    "write_json_atomic",
+    "spacing_of",
+]
+
+
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """``nibabel`` image (lazy data); raises :class:`DatasetError` naming the file if it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"missing file: {path}")
+    try:
+        return nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for corrupt files
+        raise DatasetError(f"{path}: cannot be read as NIfTI ({e}).") from e
+
+
+def nifti_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Array shape from the header only (no voxel data is read)."""
+    return tuple(int(s) for s in load_nifti(path).shape)
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
+    """Voxel spacing (mm) per array axis: the column norms of the affine's 3 x 3 part."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def _tmp_path(path: Path, suffix: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+    return Path(tmp)
+
+
+def _same_nifti(a: Path, b: Path) -> bool:
+    img_a, img_b = nib.load(str(a)), nib.load(str(b))
+    return (
+        img_a.shape == img_b.shape
+        and np.allclose(img_a.affine, img_b.affine, atol=1e-5)
+        and np.array_equal(np.asanyarray(img_a.dataobj), np.asanyarray(img_b.dataobj))
+    )
+
+
+def _place(tmp: Path, path: Path, same: bool) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` already holds the same content (``same``); never clobber."""
+    try:
+        if path.exists():
+            if not same:
+                raise DatasetError(
+                    f"{path} already exists with different content; remove it or write to another output folder "
+                    "(derived files are never overwritten)."
+                )
+            return
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_nifti_atomic(
+    array: np.ndarray, path: str | os.PathLike, reference: nib.Nifti1Image, dtype: Any | None = None
+) -> Path:
+    """Write ``array`` with the geometry (affine, qform/sform, units) of ``reference``, atomically.
+
+    Args:
+        array: the voxel data, 3D (the header's dimensions follow the array).
+        path: output ``.nii.gz`` path.
+        reference: the source image whose geometry is kept.
+        dtype: stored data type (default: the array's).
+    """
+    path = Path(path)
+    array = np.asarray(array if dtype is None else array.astype(dtype))
+    header = reference.header.copy()
+    header.set_data_dtype(array.dtype)
+    img = nib.Nifti1Image(array, reference.affine, header=header)
+    qform, qcode = reference.get_qform(coded=True)
+    sform, scode = reference.get_sform(coded=True)
+    img.set_qform(qform if qform is not None else reference.affine, code=int(qcode) if qform is not None else 1)
+    img.set_sform(sform if sform is not None else reference.affine, code=int(scode) if sform is not None else 1)
+    # a 3D frame of a 4D cine keeps the spatial zooms only
+    img.header.set_zooms(reference.header.get_zooms()[: array.ndim])
+    img.header.set_slope_inter(1.0, 0.0)
+    tmp = _tmp_path(path, ".nii.gz")
+    nib.save(img, str(tmp))
+    _place(tmp, path, path.exists() and _same_nifti(tmp, path))
+    return path
+
+
+def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Byte copy of ``source`` to ``path`` (geometry and data untouched), atomically."""
+    source, path = Path(source), Path(path)
+    tmp = _tmp_path(path, "".join(source.suffixes))
+    shutil.copyfile(source, tmp)
+    _place(tmp, path, path.exists() and filecmp.cmp(tmp, path, shallow=False))
+    return path
+
+
+def write_json_atomic(content: Any, path: str | os.PathLike) -> Path:
+    """JSON file written atomically; datalists and summaries are regenerated, so they may be replaced."""
+    path = Path(path)
+    tmp = _tmp_path(path, ".json")
+    try:
+        tmp.write_text(json.dumps(content, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
