@@ -26,15 +26,18 @@ from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, Trainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils.enums import CommonKeys as Keys
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .cooperative import add_input_noise, generate_hard_examples, hard_terms, standard_terms
+from .cooperative import HardExamples, StandardPass, add_input_noise, generate_hard_examples, hard_terms, standard_terms
 from .masking import LatentMasker
 from .networks import CoopSegNet
 
 __all__ = [
     "STANDARD_TERMS",
     "HARD_TERMS",
+    "CooperativeStep",
+    "unwrap_network",
     "CooperativeTrainer",
     "CooperativeEvaluator",
     "PairedSlicePrepareBatch",
@@ -92,6 +95,57 @@ class PairedSlicePrepareBatch:
         )
 
 
+class CooperativeStep(torch.nn.Module):
+    """The two differentiable parts of an iteration as ``forward`` calls of one module, for DistributedDataParallel.
+
+    DDP all-reduces gradients only for computations that run through its own ``forward``; the cooperative terms call
+    several sub-networks of :class:`~scripts.networks.CoopSegNet` directly. Wrapped as
+    ``DistributedDataParallel(CooperativeStep(network), find_unused_parameters=True)`` (``multi_gpu_train.json``),
+    each part is one DDP forward followed by its own backward, and each backward averages the accumulated gradients
+    over the ranks (the hard-term BN affine parameters the reference freezes are DDP's "unused" parameters). The
+    wrapper holds the same parameters as ``network``, so checkpoints and the optimiser keep using ``network``.
+
+    ``forward("standard", image=noisy, clean_image=x, label=y, ...)`` returns ``(losses, z_image, z_shape,
+    seg_logits)`` (see :func:`scripts.cooperative.standard_terms`); ``forward("hard", clean_image=x, label=y,
+    hard_image=..., hard_seg_logits=..., ...)`` returns the hard-term dict (:func:`scripts.cooperative.hard_terms`).
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        if not isinstance(network, CoopSegNet):
+            raise TypeError(f"CooperativeStep wraps a CoopSegNet, got {type(network).__name__}.")
+        self.network = network
+
+    def forward(
+        self,
+        part: str,
+        clean_image: torch.Tensor,
+        label: torch.Tensor,
+        image: torch.Tensor | None = None,
+        hard_image: torch.Tensor | None = None,
+        hard_seg_logits: torch.Tensor | None = None,
+        separate_training: bool = False,
+        recon_weight: float = 0.5,
+        reference_bn: bool = True,
+    ) -> Any:
+        if part == "standard":
+            std = standard_terms(self.network, image, clean_image, label, separate_training, recon_weight)
+            return std.losses, std.z_image, std.z_shape, std.seg_logits
+        if part == "hard":
+            hard = HardExamples(hard_image, hard_seg_logits, "", "")
+            return hard_terms(self.network, hard, clean_image, label, separate_training, recon_weight, reference_bn)
+        raise ValueError(f"part must be 'standard' or 'hard', got {part!r}.")
+
+
+def unwrap_network(network: torch.nn.Module) -> CoopSegNet:
+    """The :class:`CoopSegNet` inside ``network`` (itself, or wrapped in DDP and/or :class:`CooperativeStep`)."""
+    net = network.module if isinstance(network, DistributedDataParallel) else network
+    net = net.network if isinstance(net, CooperativeStep) else net
+    if not isinstance(net, CoopSegNet):
+        raise TypeError(f"network must be a CoopSegNet (or wrap one), got {type(network).__name__}.")
+    return net
+
+
 class CooperativeTrainer(Trainer):
     """Cooperative training (``latent_da=True``) or the standard-training baseline (``latent_da=False``).
 
@@ -99,7 +153,9 @@ class CooperativeTrainer(Trainer):
         device: where the network runs.
         max_epochs: epochs to train.
         train_data_loader: yields slice batches (see :class:`PairedSlicePrepareBatch`).
-        network: a :class:`~scripts.networks.CoopSegNet` (or a DDP wrapper around one).
+        network: a :class:`~scripts.networks.CoopSegNet`, or for multi-process training
+            ``DistributedDataParallel(CooperativeStep(net), find_unused_parameters=True)`` (see
+            :class:`CooperativeStep`; a DDP around the bare network would not synchronise gradients and is refused).
         optimizer: one optimiser over all five parts (see :func:`per_part_param_groups`).
         latent_da: generate hard examples by latent masking and add the four hard terms.
         image_masker: masker for the image code z_image (None: z_image is decoded unmasked).
@@ -135,8 +191,13 @@ class CooperativeTrainer(Trainer):
         epoch_length: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(getattr(network, "module", network), CoopSegNet):
-            raise TypeError(f"network must be a CoopSegNet (or wrap one in .module), got {type(network).__name__}.")
+        if isinstance(network, DistributedDataParallel) and not isinstance(network.module, CooperativeStep):
+            raise TypeError(
+                "DistributedDataParallel must wrap scripts.trainer.CooperativeStep(network), not the bare network: the "
+                "cooperative terms call sub-networks directly, which bypasses DDP's gradient all-reduce "
+                "(see configs/multi_gpu_train.json)."
+            )
+        net = unwrap_network(network)
         terms = ("loss",) + STANDARD_TERMS + (HARD_TERMS if latent_da else ())
         averages = {f"train_{t}": _term_average(t) for t in terms}
         super().__init__(
@@ -154,6 +215,8 @@ class CooperativeTrainer(Trainer):
             **kwargs,
         )
         self.network = network
+        # the module whose forward computes the loss terms: the DDP wrapper, or a plain CooperativeStep in one process
+        self.step = network if isinstance(network, DistributedDataParallel) else CooperativeStep(net)
         self.optimizer = optimizer
         self.latent_da = latent_da
         self.image_masker = image_masker if image_masker is not None else (LatentMasker() if latent_da else None)
@@ -181,24 +244,27 @@ class CooperativeTrainer(Trainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
-        net: CoopSegNet = getattr(engine.network, "module", engine.network)
+        net = unwrap_network(engine.network)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
+        options = {"separate_training": engine.separate_training, "recon_weight": engine.recon_weight}
         # The standard and hard terms share no graph (hard examples are detached), so each part is back-propagated
-        # as soon as it is computed: the same summed gradient, with half the activations alive at once.
-        std = self._forward(engine, lambda: standard_terms(
-            net, add_input_noise(image, engine.input_noise_sigma), image, label,
-            engine.separate_training, engine.recon_weight,
-        ))
+        # as soon as it is computed: the same summed gradient, with half the activations alive at once. Under DDP
+        # each backward averages the gradients accumulated so far over the ranks, so the sum stays exact.
+        std = StandardPass(*self._forward(engine, lambda: engine.step(
+            "standard", image, label, image=add_input_noise(image, engine.input_noise_sigma), **options
+        )))
         losses = dict(std.losses)
         self._backward(engine, torch.stack(list(std.losses.values())).sum())
         hard = None
         if engine.latent_da:
+            # masking and decoding use frozen decoders and no parameter gradient: outside the DDP forward
             hard = self._forward(engine, lambda: generate_hard_examples(
                 net, std.z_image, std.z_shape, image, label, engine.image_masker, engine.shape_masker
             ))
-            hard_losses = self._forward(engine, lambda: hard_terms(
-                net, hard, image, label, engine.separate_training, engine.recon_weight, engine.reference_bn
+            hard_losses = self._forward(engine, lambda: engine.step(
+                "hard", image, label, hard_image=hard.hard_image, hard_seg_logits=hard.hard_seg_logits,
+                reference_bn=engine.reference_bn, **options,
             ))
             losses.update(hard_losses)
             self._backward(engine, torch.stack(list(hard_losses.values())).sum())
@@ -234,7 +300,7 @@ class CooperativeEvaluator(SupervisedEvaluator):
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
-        net: CoopSegNet = getattr(engine.network, "module", engine.network)
+        net = unwrap_network(engine.network)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         autocast = torch.autocast(inputs.device.type, **engine.amp_kwargs) if engine.amp else nullcontext()
         with engine.mode(engine.network), autocast:
