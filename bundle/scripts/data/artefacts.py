@@ -4,10 +4,13 @@ Four artefacts, the reference's constructor arguments, TorchIO defaults written 
 versions (torchio is pinned in requirements.txt):
 
 * ``RandomBias``: ``RandomBiasField(coefficients=0.5, order=3)``
-* ``RandomGhosting``: ``RandomGhosting(num_ghosts=(4, 10), axes=(0, 1, 2), intensity=(0.5, 1), restore=0.02)``
-  (``restore=0.02`` was the default of the TorchIO the reference used; recent versions default to ``None``)
+* ``RandomGhosting``: ``RandomGhosting(num_ghosts=(4, 10), axes=(0, 1, 2), intensity=(0.5, 1), restore=(0.02, 0.02))``
+  (a fixed 0.02 was the default of the TorchIO the reference used; recent versions default to ``None`` and read a
+  scalar as the range ``(0, value)``)
 * ``RandomMotion``: ``RandomMotion(degrees=30, translation=10, num_transforms=2, image_interpolation="linear")``
-* ``RandomSpike``: ``RandomSpike(num_spikes=1, intensity=(1, 3))``
+* ``RandomSpike``: ``RandomSpike(num_spikes=(0, 1), intensity=(1, 3))`` (the reference's ``RandomSpike()`` default
+  ``num_spikes=1`` was read as the range (0, 1) by its TorchIO: about half of the volumes get no spike; TorchIO 1.2
+  defaults to exactly one spike)
 
 Per volume, as the reference does: per-slice min-max to [0, 1]; the volume becomes a ``1, slices, H, W`` tensor (so
 TorchIO's first spatial axis is the slice axis, unit spacing); the artefact; per-slice min-max to [0, 1] again. The
@@ -66,11 +69,13 @@ def artefact_transform(name: str) -> Any:
     if name == "RandomBias":
         return tio.RandomBiasField(coefficients=0.5, order=3)
     if name == "RandomGhosting":
-        return tio.RandomGhosting(num_ghosts=(4, 10), axes=(0, 1, 2), intensity=(0.5, 1.0), restore=0.02)
+        # a fixed 0.02 as in the reference's TorchIO; TorchIO >= 0.19 reads a scalar as the range (0, 0.02)
+        return tio.RandomGhosting(num_ghosts=(4, 10), axes=(0, 1, 2), intensity=(0.5, 1.0), restore=(0.02, 0.02))
     if name == "RandomMotion":
         return tio.RandomMotion(degrees=30, translation=10, num_transforms=2, image_interpolation="linear")
     if name == "RandomSpike":
-        return tio.RandomSpike(num_spikes=1, intensity=(1.0, 3.0))
+        # the reference's default num_spikes=1 meant U{0, 1} spikes in its TorchIO; TorchIO 1.2 defaults to (1, 1)
+        return tio.RandomSpike(num_spikes=(0, 1), intensity=(1.0, 3.0))
     raise ValueError(f"unknown artefact {name!r}; expected one of {ARTEFACTS}.")
 
 

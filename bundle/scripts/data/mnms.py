@@ -267,7 +267,7 @@ def prepare_mnms(
         subjects = {c: v for c, v in subjects.items() if v[2] in set(subsets)}
         if not subjects:
             raise DatasetError(f"{root}: no labelled subjects in the subsets {list(subsets)}.")
-    no_info = [code for code in subjects if code not in infos]
+    no_info = sorted(code for code in subjects if code not in infos)
     if no_info:
         raise DatasetError(f"{csv_path}: no row for the labelled subjects {no_info[:10]} (found under {root}).")
     out_dir.mkdir(parents=True, exist_ok=True)
