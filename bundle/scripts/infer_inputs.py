@@ -146,16 +146,18 @@ class ValidateVolumed(Transform):
         return data
 
 
-def load_volume(path: str | os.PathLike):  # -> MetaTensor, channel-first
+def load_volume(path: str | os.PathLike, name: str | None = None):  # -> MetaTensor, channel-first
     """Load an image file or DICOM series folder as the workflow does (channel-first ``MetaTensor``).
 
-    Raises :class:`InputVolumeError` naming the file when it cannot be read (not an image, corrupt, truncated).
+    Raises :class:`InputVolumeError` naming the file (``name``, default its base name) when it cannot be read: not
+    an image, corrupt or truncated.
     """
     from monai.transforms import LoadImage
 
     path = str(path)
+    name = name or os.path.basename(path)
     if not os.path.exists(path):
-        raise InputVolumeError(f"{path}: no such file or folder.")
+        raise InputVolumeError(f"{name}: no such file or folder.")
     try:
         return LoadImage(image_only=True, ensure_channel_first=True)(path)
     except Exception as e:  # every reader failed: report the first cause, not MONAI's reader list
@@ -163,27 +165,33 @@ def load_volume(path: str | os.PathLike):  # -> MetaTensor, channel-first
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise InputVolumeError(
-            f"{os.path.basename(path)}: cannot be read as an image (NIfTI, NRRD, MetaImage or a DICOM series); the "
+            f"{name}: cannot be read as an image (NIfTI, NRRD, MetaImage or a DICOM series); the "
             f"file may be corrupt, truncated or of another type ({type(cause).__name__}: {str(cause)[:200]})."
         ) from e
 
 
 def check_label_for_image(
-    label_path: str | os.PathLike, image_path: str | os.PathLike, num_classes: int = 4
+    label_path: str | os.PathLike,
+    image_path: str | os.PathLike,
+    num_classes: int = 4,
+    label_name: str | None = None,
+    image_name: str | None = None,
 ) -> tuple[int, ...]:
     """Check that a label file fits its image: same spatial shape, integer codes ``0 .. num_classes - 1``.
 
-    Returns the label's spatial shape; raises :class:`InputVolumeError` naming the problem.
+    Returns the label's spatial shape; raises :class:`InputVolumeError` naming the problem (files are named by
+    ``label_name`` / ``image_name``, default their base names).
     """
-    label = load_volume(label_path)
-    image = load_volume(image_path)
-    name = os.path.basename(str(label_path))
+    name = label_name or os.path.basename(str(label_path))
+    image_name = image_name or os.path.basename(str(image_path))
+    label = load_volume(label_path, f"label {name}")
+    image = load_volume(image_path, image_name)
     if label.shape[0] != 1:
         raise InputVolumeError(f"label {name}: has {label.shape[0]} channels/frames; expected one label volume.")
     if tuple(label.shape[1:]) != tuple(image.shape[1:]):
         raise InputVolumeError(
             f"label {name}: shape {tuple(label.shape[1:])} does not match the image shape {tuple(image.shape[1:])} of "
-            f"{os.path.basename(str(image_path))}."
+            f"{image_name}."
         )
     values = torch.unique(torch.as_tensor(label))
     bad = [v for v in values.tolist() if not float(v).is_integer() or not 0 <= v < num_classes]

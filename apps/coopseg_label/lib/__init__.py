@@ -1,0 +1,1 @@
+"""CoopSeg MONAI Label app helpers: the working bundle, input checks, and thin task subclasses over the bundle."""

@@ -1,0 +1,3 @@
+from .disagreement import Disagreement
+
+__all__ = ["Disagreement"]

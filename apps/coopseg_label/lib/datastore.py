@@ -1,0 +1,86 @@
+"""A local datastore that refuses images and labels the bundle cannot use, and never loses a submitted label.
+
+Checks use the bundle's own loader and validation (``scripts.infer_inputs``). Rejections are HTTP errors that name
+the image and the problem: 422 for unusable content, 404 for an unknown image id. Before a label replaces an
+earlier one, the earlier file is copied to ``<studies>/.label_history/<tag>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from monailabel.datastore.local import LocalDatastore
+
+from .bundle_code import bundle_module
+from .errors import http_error
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = ("*.nii.gz", "*.nii", "*.nrrd")
+
+
+def check_image_file(bundle: Path, path: str, name: str) -> tuple[int, ...]:
+    """The spatial shape of a usable 3D short-axis image; raises HTTP 422 naming the problem otherwise."""
+    inputs = bundle_module(bundle, "infer_inputs")
+    try:
+        image = inputs.load_volume(path, name)
+        inputs.check_volume(image, name)
+    except inputs.InputVolumeError as e:
+        raise http_error(422, str(e)) from e
+    if image.shape[0] != 1:
+        raise http_error(
+            422,
+            f"{name}: is a 4D cine volume with {image.shape[0]} frames; MONAI Label serves 3D stacks (H, W, slices): "
+            "submit one frame, or segment the cine with the bundle's inference workflow.",
+        )
+    return tuple(image.shape[1:])
+
+
+class CoopSegDatastore(LocalDatastore):
+    """``LocalDatastore`` over ``*.nii.gz``, ``*.nii`` and ``*.nrrd`` that validates uploads and label submissions.
+
+    Args:
+        studies: the studies folder.
+        bundle: the served bundle (its ``scripts`` check the files).
+        num_classes: label codes allowed in submitted labels are ``0 .. num_classes - 1``.
+        kwargs: passed to ``LocalDatastore``.
+    """
+
+    def __init__(self, studies: str, bundle: Path, num_classes: int = 4, **kwargs: Any) -> None:
+        self.bundle = Path(bundle)
+        self.num_classes = num_classes
+        kwargs.setdefault("extensions", EXTENSIONS)
+        super().__init__(studies, **kwargs)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        name = f"upload '{image_id or os.path.basename(image_filename)}'"
+        check_image_file(self.bundle, image_filename, name)
+        return super().add_image(image_id, image_filename, image_info)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        if image_id not in self._datastore.objects:
+            raise http_error(404, f"image '{image_id}' is not in the datastore; upload it before its label.")
+        inputs = bundle_module(self.bundle, "infer_inputs")
+        try:
+            inputs.check_label_for_image(
+                label_filename,
+                self.get_image_uri(image_id),
+                self.num_classes,
+                label_name=f"for image '{image_id}'",
+                image_name=f"image '{image_id}'",
+            )
+        except inputs.InputVolumeError as e:
+            raise http_error(422, str(e)) from e
+        previous = self.get_label_uri(image_id, label_tag) if self._datastore.label(image_id, label_tag) else ""
+        if previous and os.path.isfile(previous):
+            history = Path(self._datastore_path) / ".label_history" / label_tag
+            history.mkdir(parents=True, exist_ok=True)
+            kept = history / f"{time.strftime('%Y%m%d-%H%M%S')}_{os.path.basename(previous)}"
+            shutil.copy2(previous, kept)
+            logger.info("previous %s label of %s kept as %s", label_tag, image_id, kept)
+        return super().save_label(image_id, label_filename, label_tag, label_info)

@@ -1,0 +1,3 @@
+from .coopseg import CoopSegInferTask
+
+__all__ = ["CoopSegInferTask"]

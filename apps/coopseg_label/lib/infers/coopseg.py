@@ -1,0 +1,106 @@
+"""The ``coopseg`` (FTN + STN) and ``coopseg_fast`` (FTN only) models: MONAI Label's ``BundleInferTask`` over the
+bundle's ``inference.json``, with the weights chosen at each call so retrained weights go live at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.utils.others.class_utils import unload_module
+from monailabel.utils.others.generic import name_to_device
+
+from ..errors import http_error
+
+logger = logging.getLogger(__name__)
+
+
+class CoopSegInferTask(BundleInferTask):
+    """``BundleInferTask`` for the CoopSeg bundle.
+
+    ``refine=True`` serves the STN-refined masks (``coopseg``), ``refine=False`` the FTN's alone
+    (``coopseg_fast``): the bundle config's ``refine`` switch, which ``scripts.inferers.CoopSegInferer`` reads.
+    Each call uses ``models/model.pt`` (the bundle's ``network_def`` with these weights, loaded strictly) if it
+    exists, else ``models/model.ts`` (TorchScript); a changed file (fine-tuning) is reloaded.
+    """
+
+    def __init__(self, path: str, conf: dict[str, str], refine: bool = True, **kwargs: Any) -> None:
+        super().__init__(path, conf, type=InferType.SEGMENTATION, load_strict=True, **kwargs)
+        if not self.is_valid():
+            raise FileNotFoundError(f"{path}: no configs/inference.json or no weights in models/.")
+        self.refine = refine
+        self.bundle_config["refine"] = refine
+        self.description = (
+            "CoopSeg FTN + STN: the fast-thinking network's mask refined by the slow-thinking shape network"
+            if refine
+            else "CoopSeg FTN only: the fast-thinking network's mask, without shape refinement"
+        )
+        self._config.pop("model_filename", None)  # the app picks the live weights itself
+        self._network_def: torch.nn.Module | None = self.network
+        self._live: str | None = None
+
+    def model_files(self) -> tuple[Path, Path]:
+        models = Path(self.bundle_path) / "models"
+        return models / self.const.model_pytorch(), models / self.const.model_torchscript()
+
+    def live_weights(self) -> Path | None:
+        for path in self.model_files():
+            if path.is_file():
+                return path
+        return None
+
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> dict[str, Any]:
+        # monai 1.6.1's Spacingd updates every "image_*" entry as a metadata dict, and MONAI Label's request holds
+        # the string "image_path": keep such non-dict entries out of the way while the bundle's transforms run.
+        prefix = f"{self.input_key}_"
+        hidden = {k: data.pop(k) for k in list(data) if str(k).startswith(prefix) and not isinstance(data[k], dict)}
+        data = super().run_pre_transforms(data, transforms)
+        data.update(hidden)
+        return data
+
+    def _instantiate_network_def(self) -> torch.nn.Module:
+        sys.path.insert(0, self.bundle_path)
+        unload_module("scripts")
+        try:
+            return self.bundle_config.get_parsed_content(self.const.key_network_def(), instantiate=True)
+        finally:
+            sys.path.remove(self.bundle_path)
+
+    def _get_network(self, device: str, data: Any) -> torch.nn.Module:
+        live = self.live_weights()
+        if live is None:
+            raise http_error(503, f"no trained weights in {Path(self.bundle_path) / 'models'}; see GET /info/.")
+        if live.suffix == ".pt":
+            if self._network_def is None:
+                self._network_def = self._instantiate_network_def()
+            self.network = self._network_def
+        else:
+            self.network = None  # BasicInferTask then loads TorchScript
+        self.path = [str(live)]
+        if self._live != str(live):
+            self.clear_cache()
+            self._live = str(live)
+            logger.info("%s serves %s", self.description.split(":")[0], live)
+        return super()._get_network(device, None)
+
+    def uncertainty_scores(self, image_path: str, device: str | None = None) -> dict[str, float]:
+        """Mean FTN-STN disagreement and mean normalised entropy over the resampled volume (for active learning)."""
+        device = name_to_device(device)
+        data: dict[str, Any] = {"image": image_path, "image_path": image_path, "device": device}
+        data = self.run_pre_transforms(data, self.pre_transforms(data))
+        network = self._get_network(device, data)
+        inferer = self.inferer(data)
+        inputs = torch.as_tensor(data[self.input_key])[None].to(torch.device(device))
+        with torch.no_grad():
+            maps = inferer.predict(inputs, network, maps=("uncertainty", "disagreement"))
+        return {
+            "disagreement": float(maps["disagreement"].mean()),
+            "entropy": float(maps["uncertainty"].mean()),
+            "weights": os.path.basename(self.path[0]),
+        }

@@ -1,0 +1,3 @@
+from .coopseg import CoopSegTrainTask
+
+__all__ = ["CoopSegTrainTask"]

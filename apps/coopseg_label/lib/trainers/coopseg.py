@@ -1,0 +1,86 @@
+"""The ``coopseg`` trainer: the bundle's cooperative training (train.json, ``CooperativeTrainer``) on submitted labels.
+
+A thin ``BundleTrainTask``: both networks (FTN and STN are one ``network`` whose flat state dict is
+``models/model.pt``) are warm-started from the live weights, strictly; the empty ``run_id`` Slicer sends means the
+default ``run``; with too few labels to split off validation, validation uses the training labels, so the bundle's
+key-metric checkpoint ``models/model.pt`` is written and goes live for the next inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.handlers import CheckpointLoader
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.train.bundle import BundleTrainTask
+from monailabel.utils.others.generic import device_list
+
+logger = logging.getLogger(__name__)
+
+
+class CoopSegTrainTask(BundleTrainTask):
+    """Fine-tune FTN + STN cooperatively on the datastore's final labels (see the module docstring).
+
+    Args:
+        path: the served working bundle (``configs``, ``scripts``, ``models``).
+        conf: the app's ``--conf`` options.
+        max_epochs: default epochs offered to clients.
+    """
+
+    def __init__(self, path: str, conf: dict[str, str], max_epochs: int = 10) -> None:
+        super().__init__(path, conf, load_strict=True)
+        self.default_max_epochs = max_epochs
+
+    def config(self) -> dict[str, Any]:
+        return {"device": device_list(), "pretrained": True, "max_epochs": self.default_max_epochs, "val_split": 0.2}
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict:
+        request = dict(request)
+        if not request.get("run_id"):  # Slicer sends "", which would make monai.bundle run resolve everything
+            request["run_id"] = "run"
+        if not datastore.datalist():
+            raise ValueError(
+                "no submitted labels: save at least one final label (Slicer: Submit Label; REST: PUT /datastore/label)"
+                " before training."
+            )
+        return super().__call__(request, datastore)
+
+    def _partition_datalist(self, datalist: list[dict], request: dict, shuffle: bool = False):
+        train, val = super()._partition_datalist(datalist, request, shuffle)
+        if not train:
+            train = list(datalist)
+        if val is not None and len(val) == 0:
+            logger.warning("only %d labelled image(s): validating on the training labels.", len(datalist))
+            val = list(train)
+        return train, val
+
+    def _load_checkpoint(self, model_pytorch: str, pretrained: bool, train_handlers: list) -> None:
+        """Warm-start from ``models/model.pt``, or from the state dict of ``models/model.ts`` when only that exists."""
+        train_handlers[:] = [h for h in train_handlers if h.get("_target_") != CheckpointLoader.__name__]
+        if not pretrained:
+            return
+        models = Path(self.bundle_path) / "models"
+        load_path = Path(model_pytorch)
+        if not load_path.is_file() and (models / "model.ts").is_file():
+            cache = Path(self.bundle_path) / "cache"
+            cache.mkdir(exist_ok=True)
+            load_path = cache / "warm_start_from_model_ts.pt"
+            state = torch.jit.load(str(models / "model.ts"), map_location="cpu").state_dict()
+            torch.save(state, load_path)
+        if not load_path.is_file():
+            logger.warning("no weights to warm-start from in %s: training from scratch.", models)
+            return
+        logger.info("warm-starting FTN + STN from %s", load_path)
+        train_handlers.insert(
+            0,
+            {
+                "_target_": CheckpointLoader.__name__,
+                "load_path": str(load_path),
+                "load_dict": {self.model_dict_key: f"$@{self.const.key_network()}"},
+                "strict": True,
+                "map_location": "cpu",
+            },
+        )

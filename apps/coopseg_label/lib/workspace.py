@@ -1,0 +1,134 @@
+"""The app's working bundle: the bundle's own configs and code, with weights the app may retrain.
+
+MONAI Label's bundle tasks read ``<bundle>/configs``, import ``<bundle>/scripts`` and read and write
+``<bundle>/models``. The app never writes into the source bundle (a git checkout or a downloaded model): it serves
+``<model_dir>/coopseg/``, whose ``configs`` and ``scripts`` are symbolic links to the source bundle's (one source of
+truth) and whose ``models/`` is the app's own. The source bundle's weights (``models/model.pt``, else
+``models/model.ts``) are copied in when the workspace is created and whenever they change (the replaced live
+weights are kept under ``models/backup/``); fine-tuning then writes the new ``models/model.pt`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.pt", "model.ts")
+LINKED = ("configs", "scripts")
+
+
+def resolve_source_bundle(conf: dict[str, str], app_dir: str) -> Path:
+    """``--conf bundle_path``, else ``$COOPSEG_BUNDLE``, else the repository's ``bundle/`` next to ``apps/``."""
+    path = (
+        conf.get("bundle_path") or os.environ.get("COOPSEG_BUNDLE") or Path(app_dir).resolve().parent.parent / "bundle"
+    )
+    path = Path(path).expanduser().resolve()
+    if not (path / "configs" / "inference.json").is_file() or not (path / "scripts").is_dir():
+        raise FileNotFoundError(
+            f"{path} is not the CoopSeg bundle (no configs/inference.json or scripts/); pass --conf bundle_path "
+            "<path to the bundle folder> or set COOPSEG_BUNDLE."
+        )
+    return path
+
+
+def resolve_model_dir(conf: dict[str, str], app_dir: str) -> Path:
+    """``--conf model_dir``, else ``$COOPSEG_MODEL_DIR``, else ``<app_dir>/model`` (git-ignored)."""
+    path = conf.get("model_dir") or os.environ.get("COOPSEG_MODEL_DIR") or Path(app_dir) / "model"
+    return Path(path).expanduser().resolve()
+
+
+def _signature(path: Path) -> dict:
+    st = path.stat()
+    return {"file": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class Workspace:
+    """``<model_dir>/coopseg``: links to the source bundle's configs and scripts, and the app's own ``models/``."""
+
+    def __init__(self, source: Path, model_dir: Path, name: str = "coopseg") -> None:
+        self.source = Path(source)
+        self.path = Path(model_dir) / name
+        self.models = self.path / "models"
+        self._seed_record = self.models / "seeded_from.json"
+
+    def prepare(self) -> Workspace:
+        """Create the links and the models folder; copy the source weights in if they are new or changed."""
+        self.models.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path / ".lock")):
+            for name in LINKED:
+                link, target = self.path / name, self.source / name
+                if link.is_symlink() and Path(os.readlink(link)) == target:
+                    continue
+                if link.is_symlink():
+                    link.unlink()
+                elif link.exists():
+                    raise FileExistsError(f"{link} exists and is not a link to {target}; remove it.")
+                link.symlink_to(target, target_is_directory=True)
+            self._seed()
+        return self
+
+    def source_weights(self) -> Path | None:
+        for name in WEIGHT_FILES:
+            if (self.source / "models" / name).is_file():
+                return self.source / "models" / name
+        return None
+
+    def weights(self) -> Path | None:
+        """The live weights: ``models/model.pt`` if present, else ``models/model.ts``, else None."""
+        for name in WEIGHT_FILES:
+            if (self.models / name).is_file():
+                return self.models / name
+        return None
+
+    def _seed(self) -> None:
+        source = self.source_weights()
+        if source is None:
+            return
+        signature = _signature(source)
+        recorded = json.loads(self._seed_record.read_text()) if self._seed_record.is_file() else None
+        if recorded == signature and self.weights() is not None:
+            return
+        live = [self.models / n for n in WEIGHT_FILES if (self.models / n).is_file()]
+        if live:
+            backup = self.models / "backup" / time.strftime("%Y%m%d-%H%M%S")
+            backup.mkdir(parents=True, exist_ok=True)
+            for f in live:
+                shutil.move(str(f), backup / f.name)
+            logger.warning("bundle weights changed: previous live weights moved to %s", backup)
+        tmp = self.models / f".{source.name}.{os.getpid()}.tmp"
+        shutil.copy2(source, tmp)
+        os.replace(tmp, self.models / source.name)
+        self._seed_record.write_text(json.dumps(signature))
+        logger.info("serving weights copied from %s", source)
+
+    def status(self) -> dict:
+        """For ``/info/``: whether trained weights exist, which file is live, and what to do if none."""
+        live = self.weights()
+        if live is None:
+            return {
+                "available": False,
+                "file": None,
+                "source_bundle": str(self.source),
+                "message": (
+                    "NO TRAINED WEIGHTS YET: neither models/model.pt nor models/model.ts exists in the bundle "
+                    f"{self.source}. Run the main job (python -m monai.bundle run training --config_file "
+                    "bundle/configs/train.json) or download the pretrained bundle, then restart the server; or "
+                    "submit labels and train the 'coopseg' trainer from scratch. Inference is unavailable until then."
+                ),
+            }
+        fine_tuned = live.name == "model.pt" and (self.models / "model_final.pt").is_file()
+        return {
+            "available": True,
+            "file": str(live),
+            "source_bundle": str(self.source),
+            "message": ("fine-tuned on submitted labels" if fine_tuned else "weights of the bundle")
+            + f" ({live.name}, modified {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(live.stat().st_mtime))})",
+        }
