@@ -388,3 +388,26 @@ def test_metadata_and_verify_net_in_out_with_inference_config() -> None:
         device="cpu",
     )
     assert json.loads(INFER_CONFIG.read_text())["run"] == ["$@evaluator.run()"]
+
+
+def test_fast_path_matches_the_network_and_follows_weight_changes() -> None:
+    from scripts.inferers import CoopSegInferer
+
+    torch.manual_seed(3)
+    net = CoopSegNet(width=4).eval()
+    x = torch.rand(1, 1, 40, 36, 3)  # B, F, H, W, D; padded to 48 x 48 inside
+    fast, plain = CoopSegInferer(fast=True), CoopSegInferer(fast=False)
+    with torch.no_grad():
+        reference = plain.predict(x, net, maps=("uncertainty", "disagreement"))
+        got = fast.predict(x, net, maps=("uncertainty", "disagreement"))
+        for key in reference:
+            torch.testing.assert_close(got[key], reference[key], atol=1e-4, rtol=1e-4)
+        assert len(fast._fused) == 1
+        fused = fast._runnable(net)[0]
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        assert fast._runnable(net)[0] is fused  # cached while the weights are unchanged
+        net.load_state_dict(CoopSegNet(width=4).state_dict())  # new weights, same module: the copy is rebuilt
+        torch.testing.assert_close(fast(x, net), plain(x, net), atol=1e-4, rtol=1e-4)
+        assert fast._runnable(net)[0] is not fused
+        net.train()
+        assert fast._runnable(net)[0] is net  # BatchNorm in training mode must not be folded

@@ -15,14 +15,18 @@ Outputs, per frame, on the input grid:
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from monai.inferers import Inferer, SliceInferer
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["MAP_NAMES", "CoopSegInferer", "entropy_map", "disagreement_map"]
+__all__ = ["MAP_NAMES", "CoopSegInferer", "entropy_map", "disagreement_map", "fused_eval_copy"]
 
 MAP_NAMES = ("uncertainty", "disagreement")
 
@@ -38,6 +42,28 @@ def disagreement_map(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor
     return 0.5 * (prob_a - prob_b).abs().sum(dim=1, keepdim=True)
 
 
+def fused_eval_copy(network: torch.nn.Module, channels_last: bool = True) -> torch.nn.Module:
+    """A copy of an eval-mode ``network`` for inference: every ``Conv2d`` followed by a ``BatchNorm2d`` in an
+    ``nn.Sequential`` is folded into one convolution (the same function up to float rounding, one pass over the
+    activations less), optionally in channels-last memory format (oneDNN's preferred layout on CPU)."""
+    fused = copy.deepcopy(network)
+    for module in fused.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, norm = module._modules[first], module._modules[second]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                module._modules[second] = torch.nn.Identity()
+    return fused.to(memory_format=torch.channels_last) if channels_last else fused
+
+
+def _state_versions(network: torch.nn.Module) -> tuple[int, ...]:
+    """In-place updates (optimiser steps, ``load_state_dict``) bump these counters."""
+    return tuple(t._version for t in (*network.parameters(), *network.buffers()))
+
+
 def _ceil_to(n: int, divisor: int) -> int:
     return int(math.ceil(n / divisor) * divisor)
 
@@ -50,7 +76,9 @@ class CoopSegInferer(Inferer):
         divisor: in-plane sizes are padded to a multiple of this (the network downsamples 16 x).
         spatial_dim: the slice axis among the 3 spatial axes (2: the last, as short-axis stacks are stored).
         sw_batch_size: slices per network call; 0 means all slices of a frame at once.
-        channels_last: run the network on channels-last tensors (oneDNN's preferred layout on CPU).
+        fast: for an ``nn.Module`` in eval mode, run a cached :func:`fused_eval_copy` of it (BatchNorm folded into
+            the convolutions, channels-last); the copy is rebuilt when the network's weights change. TorchScript
+            modules and modules in training mode run as they are.
 
     The network must provide ``segment(x)`` (FTN logits) and ``refine_logits(logits)`` (STN), as
     :class:`scripts.networks.CoopSegNet` and its TorchScript export do; a plain module that only has ``forward`` is
@@ -63,7 +91,7 @@ class CoopSegInferer(Inferer):
         divisor: int = 16,
         spatial_dim: int = 2,
         sw_batch_size: int = 0,
-        channels_last: bool = False,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if divisor < 1 or spatial_dim not in (0, 1, 2) or sw_batch_size < 0:
@@ -75,7 +103,27 @@ class CoopSegInferer(Inferer):
         self.divisor = divisor
         self.spatial_dim = spatial_dim
         self.sw_batch_size = sw_batch_size
-        self.channels_last = channels_last
+        self.fast = fast
+        self._fused: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def _runnable(self, network: Callable[..., Any]) -> tuple[Callable[..., Any], bool]:
+        """``(module to run, channels_last)``: the cached fused copy of ``network`` when ``fast`` applies."""
+        eligible = (
+            self.fast
+            and isinstance(network, torch.nn.Module)
+            and not isinstance(network, torch.jit.ScriptModule)
+            and not network.training
+        )
+        if not eligible:
+            return network, False
+        versions = _state_versions(network)
+        with self._lock:
+            cached = self._fused.get(network)
+            if cached is None or cached[0] != versions:
+                cached = (versions, fused_eval_copy(network))
+                self._fused[network] = cached
+        return cached[1], True
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         """``B, F, H, W, D`` -> class probabilities ``B, F * K, H, W, D`` (the ``pred`` output)."""
@@ -100,7 +148,7 @@ class CoopSegInferer(Inferer):
             sw_batch_size=self.sw_batch_size or n_slices,
             progress=False,
         )
-        slice_fn = self._slice_fn(network, tuple(maps))
+        slice_fn = self._slice_fn(*self._runnable(network), tuple(maps))
         frames: list[dict[str, torch.Tensor]] = []
         with torch.inference_mode():
             for f in range(inputs.shape[1]):
@@ -108,11 +156,13 @@ class CoopSegInferer(Inferer):
         # inference tensors cannot be modified later (e.g. by Invertd); cat makes ordinary ones
         return {key: torch.cat([fr[key] for fr in frames], dim=1) for key in frames[0]}
 
-    def _slice_fn(self, network: Callable[..., Any], maps: tuple[str, ...]) -> Callable[[torch.Tensor], dict]:
+    def _slice_fn(
+        self, network: Callable[..., Any], channels_last: bool, maps: tuple[str, ...]
+    ) -> Callable[[torch.Tensor], dict]:
         has_parts = hasattr(network, "segment") and hasattr(network, "refine_logits")
 
         def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            if self.channels_last:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if not has_parts:
                 return {"pred": torch.softmax(network(x).float(), dim=1)}
