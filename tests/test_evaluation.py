@@ -230,9 +230,8 @@ def test_evaluate_json_cli_end_to_end(tiny_bundle: dict, tmp_path: Path) -> None
     ]
     for key, value in TINY.items():
         args += [f"--{key}", json.dumps(value)]
-    result = subprocess.run(
-        args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=600
-    )
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}  # one thread: tiny ops, a possibly busy machine
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = bundle / "eval"  # the default eval_dir lies inside the (temporary) bundle
     rows = read_csv(out / "volumes.csv")

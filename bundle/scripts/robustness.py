@@ -144,9 +144,14 @@ def evaluation_command(
     return cmd
 
 
-def run_logged(cmd: Sequence[str], log_path: Path, bundle: Path) -> float:
-    """Run ``cmd`` with its output in ``log_path``; return the seconds taken, raise naming the log on failure."""
+def run_logged(cmd: Sequence[str], log_path: Path, bundle: Path, threads: int | None = None) -> float:
+    """Run ``cmd`` with its output in ``log_path``; return the seconds taken, raise naming the log on failure.
+
+    ``threads`` sets the child's OpenMP/MKL thread count (torch's intra-op threads); None keeps torch's default.
+    """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(bundle), os.environ.get("PYTHONPATH")) if p)}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.time()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -158,7 +163,9 @@ def run_logged(cmd: Sequence[str], log_path: Path, bundle: Path) -> float:
     return time.time() - start
 
 
-def _run_method(bundle: Path, run: Path, train_cmd: list[str], eval_cmd: list[str], fresh: bool) -> dict[str, Any]:
+def _run_method(
+    bundle: Path, run: Path, train_cmd: list[str], eval_cmd: list[str], fresh: bool, threads: int | None = None
+) -> dict[str, Any]:
     """Train and evaluate one (method, seed), or reuse a finished run with identical commands."""
     run.mkdir(parents=True, exist_ok=True)
     record_path = run / "run.json"
@@ -173,10 +180,10 @@ def _run_method(bundle: Path, run: Path, train_cmd: list[str], eval_cmd: list[st
             return {**record, "reused": True}
     record: dict[str, Any] = {"train_command": train_cmd[1:], "eval_command": eval_cmd[1:], "done": False}
     record_path.write_text(json.dumps(record, indent=1))
-    record["train_s"] = run_logged(train_cmd, run / "train.log", bundle)
+    record["train_s"] = run_logged(train_cmd, run / "train.log", bundle, threads)
     if not (run / "models" / "model.pt").is_file():
         raise RuntimeError(f"training wrote no {run / 'models' / 'model.pt'}; see {run / 'train.log'}")
-    record["eval_s"] = run_logged(eval_cmd, run / "eval.log", bundle)
+    record["eval_s"] = run_logged(eval_cmd, run / "eval.log", bundle, threads)
     record["done"] = True
     record_path.write_text(json.dumps(record, indent=1))
     return {**record, "reused": False}
@@ -334,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundle override for training and evaluation, e.g. crop_size=192 (repeatable)",
     )
     parser.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (OMP_NUM_THREADS); 1 is much faster on a busy machine",
+    )
     synthetic = parser.add_argument_group("synthetic domain-shift suite (used when --dataset_dir is not given)")
     synthetic.add_argument("--train_subjects", type=int, default=DEFAULT_BUDGET["train_subjects"])
     synthetic.add_argument("--val_subjects", type=int, default=DEFAULT_BUDGET["val_subjects"])
@@ -419,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_cmd = training_command(bundle, run, dataset_dir, datalist, seed, METHODS[method], args.epochs, overrides)
         eval_cmd = evaluation_command(bundle, run, test_sets, method, overrides)
         logger.info("[%d/%d] %s, seed %d -> %s", i, len(jobs), method, seed, run)
-        record = _run_method(bundle, run, train_cmd, eval_cmd, args.fresh)
+        record = _run_method(bundle, run, train_cmd, eval_cmd, args.fresh, args.threads)
         if not record["reused"]:
             timings.append(record["train_s"] + record["eval_s"])
             eta = (len(jobs) - i) * sum(timings) / len(timings) / 60
