@@ -1,0 +1,258 @@
+"""Benchmark: seconds per volume for a 10-slice 224 x 224 short-axis stack, bundle inference and MONAI Label server.
+
+In one run, on one volume (224 x 224 x 10 at the bundle's 1.36719 mm, so no resampling changes its size):
+
+1. the forward FLOPs of the network on the stack (``torch.utils.flop_counter``; FTN + STN and FTN only) and this
+   machine's measured fp32 matrix-multiply rate (2048 x 2048 ``torch.mm``), whose ratio is the FLOP floor;
+2. the bundle's inference workflow (``configs/inference.json``, as ``monai.bundle run`` runs it): median seconds per
+   volume from loading the file to the written label (and the network part alone), FTN + STN and FTN only;
+3. a running MONAI Label server (``apps/coopseg_label`` on 127.0.0.1): median seconds per ``/infer/coopseg`` and
+   ``/infer/coopseg_fast`` request through MONAI Label's client, file written and returned.
+
+The bundle is a temporary copy with ``bundle/models/model.pt`` when it fits the network, else fresh weights (speed
+does not depend on the values).
+
+    python bench/infer.py                 # 5 timed volumes / requests each after a warm-up
+    python bench/infer.py --repeats 9 --no-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE = REPO / "bundle"
+sys.path.insert(0, str(BUNDLE))
+
+from scripts.data.phantom import generate_subject  # noqa: E402
+from scripts.networks import CoopSegNet  # noqa: E402
+
+SPACING = 1.36719
+SHAPE = (224, 224, 10)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Median fp32 ``torch.mm`` rate (GFLOP/s) on this machine with the current thread count."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    for _ in range(3):
+        torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def forward_gflop(refine: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = CoopSegNet().eval()
+    x = torch.rand(SHAPE[2], 1, SHAPE[0], SHAPE[1])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net.refine_logits(net.segment(x)) if refine else net.segment(x)
+    return counter.get_total_flops() / 1e9
+
+
+def make_inputs(root: Path, copies: int) -> Path:
+    """``copies`` files ``volNN.nii.gz`` of one 224 x 224 x 10 phantom stack at 1.36719 mm."""
+    import nibabel as nib
+
+    image = generate_subject(np.random.default_rng(0), spacing_range=(1.2, 1.2), n_slices_range=(10, 10))["ED"][0]
+    h, w = image.shape[:2]
+    image = np.pad(image, [(0, max(0, SHAPE[0] - h)), (0, max(0, SHAPE[1] - w)), (0, 0)])[: SHAPE[0], : SHAPE[1]]
+    affine = np.diag([SPACING, SPACING, 8.0, 1.0])
+    folder = root / "inputs"
+    folder.mkdir(parents=True)
+    for i in range(copies):
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(folder / f"vol{i:02d}.nii.gz"))
+    return folder
+
+
+def make_bundle(root: Path) -> Path:
+    bundle = root / "bundle"
+    shutil.copytree(BUNDLE / "configs", bundle / "configs")
+    shutil.copytree(BUNDLE / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    (bundle / "models").mkdir()
+    net, source = CoopSegNet(), BUNDLE / "models" / "model.pt"
+    try:
+        net.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+        print(f"weights: {source}")
+    except Exception:  # missing, or from an older network version
+        print("weights: fresh initialisation (bundle/models/model.pt absent or does not fit)")
+    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    return bundle
+
+
+def bench_bundle(bundle: Path, inputs: Path, out: Path, refine: bool) -> tuple[list[float], list[float]]:
+    """Per-volume seconds (load to written file) and network seconds, via the bundle's ConfigWorkflow."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        workflow_type="infer",
+        config_file=str(bundle / "configs" / "inference.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        dataset_dir=str(inputs),
+        output_dir=str(out),
+        refine=refine,
+    )
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("evaluator")
+    inferer = evaluator.inferer
+    volume_times: list[float] = []
+    network_times: list[float] = []
+    marks: dict[str, float] = {}
+    evaluator.add_event_handler(Events.GET_BATCH_STARTED, lambda e: marks.__setitem__("start", time.perf_counter()))
+    evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: volume_times.append(time.perf_counter() - marks["start"])
+    )
+    predict = inferer.predict
+
+    def timed_predict(*args, **kwargs):
+        start = time.perf_counter()
+        result = predict(*args, **kwargs)
+        network_times.append(time.perf_counter() - start)
+        return result
+
+    inferer.predict = timed_predict
+    workflow.run()
+    workflow.finalize()
+    return volume_times[1:], network_times[1:]  # the first volume warms up (and builds the fused network)
+
+
+def bench_server(bundle: Path, inputs: Path, root: Path, repeats: int) -> dict[str, list[float]]:
+    import httpx
+    from monailabel.client import MONAILabelClient
+
+    studies = root / "studies"
+    studies.mkdir()
+    shutil.copy(inputs / "vol00.nii.gz", studies / "vol00.nii.gz")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = root / "app"
+    shutil.copytree(
+        REPO / "apps" / "coopseg_label", app, ignore=shutil.ignore_patterns("model", "logs", "bin", "__pycache__")
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--conf",
+        "bundle_path",
+        str(bundle),
+        "--conf",
+        "model_dir",
+        str(root / "app_models"),
+    ]
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start; see {root / 'server.log'}")
+            try:
+                if httpx.get(f"{url}/info/", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = MONAILabelClient(url, tmpdir=str(root))
+        times: dict[str, list[float]] = {}
+        for model in ("coopseg", "coopseg_fast"):
+            client.infer(model, "vol00", {})  # warm-up: network load and fused copy
+            times[model] = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                client.infer(model, "vol00", {})
+                times[model].append(time.perf_counter() - start)
+        return times
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed volumes / requests per mode")
+    parser.add_argument("--no-server", action="store_true", help="skip the MONAI Label server measurement")
+    args = parser.parse_args()
+
+    print(
+        f"CPU: {cpu_model()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    rate = matmul_gflops()
+    flops = {True: forward_gflop(True), False: forward_gflop(False)}
+    print(f"fp32 matmul rate: {rate:.1f} GFLOP/s")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = make_inputs(root, args.repeats + 1)
+        bundle = make_bundle(root)
+        for refine in (True, False):
+            volumes, network = bench_bundle(bundle, inputs, root / f"out_{refine}", refine)
+            rows.append(("bundle", refine, statistics.median(volumes), statistics.median(network)))
+        server = {} if args.no_server else bench_server(bundle, inputs, root, args.repeats)
+
+    print(f"\n10 x 224 x 224 stack, median of {args.repeats} after a warm-up")
+    print(f"{'path':<34}{'GFLOP':>8}{'floor s':>9}{'s/volume':>10}{'x floor':>9}{'GFLOP/s':>9}")
+    for _, refine, volume, network in rows:
+        name = "FTN + STN" if refine else "FTN only"
+        floor = flops[refine] / rate
+        for label, seconds in ((f"bundle {name}, file to file", volume), (f"bundle {name}, network", network)):
+            print(
+                f"{label:<34}{flops[refine]:>8.1f}{floor:>9.2f}{seconds:>10.2f}{seconds / floor:>9.2f}"
+                f"{flops[refine] / seconds:>9.1f}"
+            )
+    for model, times in server.items():
+        refine = model == "coopseg"
+        floor = flops[refine] / rate
+        seconds = statistics.median(times)
+        label = f"server /infer/{model}"
+        print(
+            f"{label:<34}{flops[refine]:>8.1f}{floor:>9.2f}{seconds:>10.2f}{seconds / floor:>9.2f}"
+            f"{flops[refine] / seconds:>9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
