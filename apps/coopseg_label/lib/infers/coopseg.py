@@ -87,7 +87,15 @@ class CoopSegInferTask(BundleInferTask):
             self.clear_cache()
             self._live = str(live)
             logger.info("%s serves %s", self.description.split(":")[0], live)
-        return super()._get_network(device, None)
+        try:
+            return super()._get_network(device, None)
+        except RuntimeError as e:  # load_state_dict (strict) or torch.jit.load
+            first = " ".join(str(e).split())[:300] or type(e).__name__
+            raise http_error(
+                503,
+                f"{live} cannot be loaded into the bundle's network_def (weights of another network version or "
+                f"width?): {first}. Retrain (main job) or replace the bundle's models/ file; see GET /info/.",
+            ) from e
 
     def uncertainty_scores(self, image_path: str, device: str | None = None) -> dict[str, float]:
         """Mean FTN-STN disagreement and mean normalised entropy over the resampled volume (for active learning)."""
