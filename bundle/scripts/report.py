@@ -28,6 +28,8 @@ __all__ = [
     "fmt",
     "paper_table",
     "read_csv",
+    "seed_summary",
+    "seed_table",
     "set_means",
     "write_csv",
     "write_evaluation_report",
