@@ -1,0 +1,38 @@
+"""Learning-rate policies: the one-cycle shape and the reference's constant rate."""
+
+import pytest
+import torch
+
+from scripts.schedules import budget_lr_scheduler, lr_factor
+
+
+def _lrs(policy: str, total: int) -> list[float]:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sched = budget_lr_scheduler(opt, total, policy=policy, warmup_fraction=0.2, final_factor=0.01)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_one_cycle_warms_up_peaks_and_decays():
+    lrs = _lrs("one_cycle", 50)
+    peak = lrs.index(max(lrs))
+    assert lrs[0] == pytest.approx(2e-4)
+    assert peak == 10 and max(lrs) == pytest.approx(2e-3)
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    assert lrs[-1] == pytest.approx(2e-5)
+
+
+def test_constant_policy_is_the_reference_rate():
+    assert _lrs("constant", 7) == [2e-3] * 7
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="unknown lr policy"):
+        lr_factor(0, 10, "step")
+    with pytest.raises(ValueError, match="unknown lr policy"):
+        budget_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 10, policy="cosine")
