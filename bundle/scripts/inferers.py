@@ -43,9 +43,10 @@ def disagreement_map(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor
 
 
 def fused_eval_copy(network: torch.nn.Module, channels_last: bool = True) -> torch.nn.Module:
-    """A copy of an eval-mode ``network`` for inference: every ``Conv2d`` followed by a ``BatchNorm2d`` in an
-    ``nn.Sequential`` is folded into one convolution (the same function up to float rounding, one pass over the
-    activations less), optionally in channels-last memory format (oneDNN's preferred layout on CPU)."""
+    """A copy of an eval-mode ``network`` for inference (no autograd): every ``Conv2d`` followed by a
+    ``BatchNorm2d`` in an ``nn.Sequential`` is folded into one convolution (the same function up to float rounding,
+    one pass over the activations less), ``ReLU``/``LeakyReLU`` modules work in place, and the weights are optionally
+    in channels-last memory format (oneDNN's preferred layout on CPU)."""
     fused = copy.deepcopy(network)
     for module in fused.modules():
         if not isinstance(module, torch.nn.Sequential):
@@ -56,6 +57,9 @@ def fused_eval_copy(network: torch.nn.Module, channels_last: bool = True) -> tor
             if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
                 module._modules[first] = fuse_conv_bn_eval(conv, norm)
                 module._modules[second] = torch.nn.Identity()
+    for module in fused.modules():  # no autograd at inference: activations may overwrite their input
+        if isinstance(module, (torch.nn.ReLU, torch.nn.LeakyReLU)):
+            module.inplace = True
     return fused.to(memory_format=torch.channels_last) if channels_last else fused
 
 
