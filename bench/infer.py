@@ -14,6 +14,7 @@ does not depend on the values).
 
     python bench/infer.py                 # 5 timed volumes / requests each after a warm-up
     python bench/infer.py --repeats 9 --no-server
+    python bench/infer.py --threads 1     # e.g. on a machine shared with other jobs
 """
 
 from __future__ import annotations
@@ -214,7 +215,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed volumes / requests per mode")
     parser.add_argument("--no-server", action="store_true", help="skip the MONAI Label server measurement")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads here and in the server (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server subprocess
 
     print(
         f"CPU: {cpu_model()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "

@@ -172,8 +172,9 @@ class CoopSegInferer(Inferer):
                 return {"pred": torch.softmax(network(x).float(), dim=1)}
             ftn = network.segment(x)
             need_stn = self.refine or "disagreement" in maps
+            need_ftn = not self.refine or "disagreement" in maps
             stn = network.refine_logits(ftn) if need_stn else None
-            p_ftn = torch.softmax(ftn.float(), dim=1)
+            p_ftn = torch.softmax(ftn.float(), dim=1) if need_ftn else None
             p_stn = torch.softmax(stn.float(), dim=1) if stn is not None else None
             pred = p_stn if self.refine else p_ftn
             out = {"pred": pred}
