@@ -207,6 +207,7 @@ def box_plot(
             patch_artist=True,
             showfliers=True,
             flierprops={"markersize": 2},
+            medianprops={"color": "black"},
         )
         for box in parts["boxes"]:
             box.set_facecolor(colours[j % len(colours)])
