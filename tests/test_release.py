@@ -282,3 +282,17 @@ def test_checksum_mismatch_is_refused(released: dict, tmp_path: Path, capsys: py
     assert main(["verify", str(bundles / NAME)]) == 1
     err = capsys.readouterr().err
     assert "models/model.pt" in err and "download the archive again" in err
+
+
+def test_downloaded_bundle_passes_the_model_zoo_checks(downloaded: Path) -> None:
+    """`python -m scripts.zoo_checks` (the zoo CI's checks, offline) on the bundle exactly as users receive it."""
+    from scripts.zoo_checks import CHECKS
+
+    bundle = downloaded / NAME
+    args = [sys.executable, "-m", "scripts.zoo_checks", str(bundle)]
+    env = {**_env(), "PYTHONPATH": str(bundle)}
+    result = subprocess.run(args, cwd=downloaded, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    for name in CHECKS:
+        assert f"[PASS] {name}" in result.stdout
+    assert f"all {len(CHECKS)} passed" in result.stdout
