@@ -168,7 +168,7 @@ def test_torchrun_two_processes_gloo(tiny_dataset: Path, tmp_path: Path) -> None
             "--rank_report_dir", str(out / "reports")]  # fmt: skip
     for key, value in tiny.items():
         args += [f"--{key}", json.dumps(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}  # as documented: no PYTHONPATH needed
     result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     logs = {r: {s: next((out / "torchrun").glob(f"*/attempt_0/{r}/{s}.log")).read_text() for s in ("stdout", "stderr")}
             for r in range(WORLD)}  # fmt: skip
