@@ -130,7 +130,11 @@ def test_workspace_follows_new_bundle_weights_and_keeps_the_old(tmp_path: Path) 
         bundle = make_bundle_copy(tmp_path, seed=1)
         ws = Workspace(bundle, tmp_path / "models").prepare()
         digest = lambda p: hashlib.md5(Path(p).read_bytes()).hexdigest()  # noqa: E731
-        assert (ws.path / "configs").resolve() == (bundle / "configs").resolve()
+        assert (ws.path / "scripts").resolve() == (bundle / "scripts").resolve()
+        for config in (bundle / "configs").iterdir():
+            assert (ws.path / "configs" / config.name).resolve() == config.resolve()
+        (ws.path / "configs" / "monailabel_train.json").write_text("{}")  # as MONAI Label's multi-GPU path does
+        assert not (bundle / "configs" / "monailabel_train.json").exists()
         assert digest(ws.weights()) == digest(bundle / "models" / "model.pt")
         fine_tuned = ws.models / "model.pt"
         torch.save(CoopSegNet().state_dict(), fine_tuned)  # as training writes it

@@ -2,10 +2,12 @@
 
 MONAI Label's bundle tasks read ``<bundle>/configs``, import ``<bundle>/scripts`` and read and write
 ``<bundle>/models``. The app never writes into the source bundle (a git checkout or a downloaded model): it serves
-``<model_dir>/coopseg/``, whose ``configs`` and ``scripts`` are symbolic links to the source bundle's (one source of
-truth) and whose ``models/`` is the app's own. The source bundle's weights (``models/model.pt``, else
-``models/model.ts``) are copied in when the workspace is created and whenever they change (the replaced live
-weights are kept under ``models/backup/``); fine-tuning then writes the new ``models/model.pt`` there.
+``<model_dir>/coopseg/``: ``scripts`` is a symbolic link to the source bundle's, ``configs/`` holds a link to each of
+the source bundle's config files (one source of truth; files MONAI Label generates, such as the multi-GPU
+``monailabel_train.json``, stay in the workspace), and ``models/`` is the app's own. The source bundle's weights
+(``models/model.pt``, else ``models/model.ts``) are copied in when the workspace is created and whenever they change
+(the replaced live weights are kept under ``models/backup/``); fine-tuning then writes the new ``models/model.pt``
+there.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from filelock import FileLock
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.pt", "model.ts")
-LINKED = ("configs", "scripts")
 
 
 def resolve_source_bundle(conf: dict[str, str], app_dir: str) -> Path:
@@ -45,6 +46,17 @@ def resolve_model_dir(conf: dict[str, str], app_dir: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def _link(link: Path, target: Path) -> None:
+    """Make ``link`` a symbolic link to ``target``; a real file or folder in its place is an error."""
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link} exists and is not a link to {target}; remove it.")
+    link.symlink_to(target, target_is_directory=target.is_dir())
+
+
 def _signature(path: Path) -> dict:
     st = path.stat()
     return {"file": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -63,15 +75,15 @@ class Workspace:
         """Create the links and the models folder; copy the source weights in if they are new or changed."""
         self.models.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path / ".lock")):
-            for name in LINKED:
-                link, target = self.path / name, self.source / name
-                if link.is_symlink() and Path(os.readlink(link)) == target:
-                    continue
-                if link.is_symlink():
-                    link.unlink()
-                elif link.exists():
-                    raise FileExistsError(f"{link} exists and is not a link to {target}; remove it.")
-                link.symlink_to(target, target_is_directory=True)
+            _link(self.path / "scripts", self.source / "scripts")
+            configs = self.path / "configs"
+            configs.mkdir(exist_ok=True)
+            for stale in configs.iterdir():  # links to config files the source no longer has
+                if stale.is_symlink() and not stale.exists():
+                    stale.unlink()
+            for target in sorted((self.source / "configs").iterdir()):
+                if target.is_file():
+                    _link(configs / target.name, target)
             self._seed()
         return self
 
