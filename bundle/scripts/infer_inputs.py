@@ -73,6 +73,14 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _wanted(path: Path, exclude: Sequence[str]) -> bool:
+    if path.name.startswith("."):
+        return False
+    if _is_image_file(path):
+        return not any(fnmatch.fnmatch(path.name, pattern) for pattern in exclude)
+    return is_dicom_series_dir(path)
+
+
 def find_inputs(
     dataset_dir: str | None = None, images: Sequence[str] | None = None, exclude: Sequence[str] = DEFAULT_EXCLUDE
 ) -> list[dict[str, str]]:
@@ -82,7 +90,7 @@ def find_inputs(
         dataset_dir: folder scanned (not recursively) for image files and DICOM series sub-folders.
         images: explicit files or DICOM folders; when given, ``dataset_dir`` is only used to resolve relative paths.
         exclude: glob patterns of file names skipped while scanning (by default the workflow's own outputs and
-            ``*_gt.*`` ground-truth labels).
+            ``*_gt.*`` ground-truth labels); hidden files are skipped too.
     """
     if images:
         base = Path(dataset_dir) if dataset_dir else Path.cwd()
@@ -100,8 +108,7 @@ def find_inputs(
         root = Path(dataset_dir)
         if not root.is_dir():
             raise InputVolumeError(f"dataset_dir {root} does not exist or is not a folder.")
-        skipped = lambda p: any(fnmatch.fnmatch(p.name, pat) for pat in exclude)  # noqa: E731
-        found = sorted(p for p in root.iterdir() if (_is_image_file(p) and not skipped(p)) or is_dicom_series_dir(p))
+        found = sorted(p for p in root.iterdir() if _wanted(p, exclude))
         if not found:
             raise InputVolumeError(
                 f"dataset_dir {root} holds no volumes to segment: expected files ending in {', '.join(IMAGE_SUFFIXES)} "
