@@ -354,7 +354,9 @@ def prepare_acdc(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.data.acdc",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--root", required=True, help="ACDC download folder (holding training/ and testing/)")
     parser.add_argument("--out", required=True, help="output folder for volumes, labels and datalists")

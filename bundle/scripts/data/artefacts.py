@@ -228,7 +228,7 @@ def generate_acdc_c(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.data.artefacts", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datalist", required=True, help="prepared ACDC datalist (scripts.data.acdc output)")
     parser.add_argument("--key", default="test", help="the list to corrupt (default: test, the 20 test subjects)")
     parser.add_argument("--base_dir", default=None, help="root of the datalist's relative paths (default: its folder)")

@@ -292,7 +292,9 @@ def prepare_mnms(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.data.mnms",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--root", required=True, help="M&Ms download folder")
     parser.add_argument("--out", required=True, help="output folder for 3D frames and datalist.json")
