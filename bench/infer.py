@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -39,20 +38,11 @@ BUNDLE = REPO / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
 from scripts.data.phantom import generate_subject  # noqa: E402
+from scripts.machine import cpu_model  # noqa: E402
 from scripts.networks import CoopSegNet  # noqa: E402
 
 SPACING = 1.36719
 SHAPE = (224, 224, 10)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:

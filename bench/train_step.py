@@ -12,7 +12,6 @@ the bundle's own ``CooperativeTrainer._iteration``. Prints the median over ``--i
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -22,19 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bundle"))
 
+from scripts.machine import cpu_model  # noqa: E402
 from scripts.masking import LatentMasker  # noqa: E402
 from scripts.networks import CoopSegNet  # noqa: E402
 from scripts.trainer import CooperativeTrainer, PairedSlicePrepareBatch, per_part_param_groups  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_trainer(latent_da: bool, device: torch.device, seed: int = 0) -> CooperativeTrainer:
@@ -42,8 +32,15 @@ def make_trainer(latent_da: bool, device: torch.device, seed: int = 0) -> Cooper
     net = CoopSegNet().to(device)
     optimizer = torch.optim.Adam(per_part_param_groups(net), lr=1e-4)
     trainer = CooperativeTrainer(
-        device=device, max_epochs=1, train_data_loader=[], network=net, optimizer=optimizer, latent_da=latent_da,
-        image_masker=LatentMasker(), shape_masker=LatentMasker(), prepare_batch=PairedSlicePrepareBatch(True),
+        device=device,
+        max_epochs=1,
+        train_data_loader=[],
+        network=net,
+        optimizer=optimizer,
+        latent_da=latent_da,
+        image_masker=LatentMasker(),
+        shape_masker=LatentMasker(),
+        prepare_batch=PairedSlicePrepareBatch(True),
         epoch_length=1,
     )
     trainer.state.device = device
@@ -93,8 +90,10 @@ def main() -> None:
     for name, times in samples.items():
         results[name] = statistics.median(times)
     print(f"device: {device} | torch {torch.__version__} | threads: {torch.get_num_threads()} | cpu: {cpu_model()}")
-    print(f"batch {args.batch} ({args.batch // 2} + {args.batch // 2}), {args.size} x {args.size}, "
-          f"median of {args.iters} iterations after {args.warmup} warm-up")
+    print(
+        f"batch {args.batch} ({args.batch // 2} + {args.batch // 2}), {args.size} x {args.size}, "
+        f"median of {args.iters} iterations after {args.warmup} warm-up"
+    )
     for name, value in results.items():
         print(f"{name:12s} {value:8.3f} s/iteration")
     print(f"ratio cooperative / standard: {results['cooperative'] / results['standard']:.2f}")
