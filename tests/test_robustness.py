@@ -114,8 +114,16 @@ def test_tiny_budget_end_to_end(tmp_path: Path) -> None:
     after = {p: sorted(x.name for x in p.iterdir()) if p.is_dir() else None for p in watched}
     assert after == before, "the robustness run wrote into the bundle's models/ or logs/"
 
-    # a second start with the same arguments reuses the finished runs and rewrites the results
+    # a second start with the same arguments reuses the finished runs, evaluates a run whose evaluation was lost
+    # (without retraining it) and rewrites the results
+    standard = tmp_path / "runs" / "tiny" / "standard_seed0"
+    (standard / "eval" / "volumes.csv").unlink()
+    record = json.loads((standard / "run.json").read_text())
+    (standard / "run.json").write_text(json.dumps({**record, "done": False}))
+    trained_at = (standard / "models" / "model.pt").stat().st_mtime_ns
     (results / "tiny_robustness.md").unlink()
     assert main(args) == 0
-    assert (results / "tiny_robustness.md").is_file()
-    assert "(reused)" in (results / "tiny_robustness.md").read_text()
+    assert (standard / "models" / "model.pt").stat().st_mtime_ns == trained_at, "a trained run was retrained"
+    assert (standard / "eval" / "volumes.csv").is_file() and json.loads((standard / "run.json").read_text())["done"]
+    text = (results / "tiny_robustness.md").read_text()
+    assert "time_cooperative_seed0: training" in text and "(reused)" in text

@@ -27,11 +27,12 @@ import json
 import logging
 import os
 import platform
-import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -148,53 +149,68 @@ def evaluation_command(
 def run_logged(cmd: Sequence[str], log_path: Path, bundle: Path, threads: int | None = None) -> tuple[float, float]:
     """Run ``cmd`` with its output in ``log_path``; return (wall, CPU) seconds; raise naming the log on failure.
 
-    The CPU time (user + system, all threads) measures the work independently of other load on the machine.
-
-    ``threads`` sets the child's OpenMP/MKL thread count (torch's intra-op threads); None keeps torch's default.
+    ``threads`` sets the child's OpenMP/MKL thread count (torch's intra-op threads); None keeps torch's default. The
+    CPU time (user + system of that child, all its threads) measures the work independently of other load.
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(bundle), os.environ.get("PYTHONPATH")) if p)}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    start, cpu_start = time.time(), _children_cpu()
+    start = time.time()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        result = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    if result.returncode != 0:
+        process = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own resource usage, even with runs in parallel
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"command failed (exit {result.returncode}); full log: {log_path}\n{tail}")
-    return time.time() - start, _children_cpu() - cpu_start
+        raise RuntimeError(f"command failed (exit {process.returncode}); full log: {log_path}\n{tail}")
+    return time.time() - start, usage.ru_utime + usage.ru_stime
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _run_method(
+def _train_run(
     bundle: Path, run: Path, train_cmd: list[str], eval_cmd: list[str], fresh: bool, threads: int | None = None
 ) -> dict[str, Any]:
-    """Train and evaluate one (method, seed), or reuse a finished run with identical commands."""
+    """Train one (method, seed) unless a run with identical commands trained (or finished) earlier.
+
+    Returns the run's record (``run/run.json``): commands, ``trained``, ``done``, wall and CPU seconds, ``reused``.
+    """
     run.mkdir(parents=True, exist_ok=True)
     record_path = run / "run.json"
-    if not fresh and record_path.is_file() and (run / "eval" / "volumes.csv").is_file():
+    if not fresh and record_path.is_file():
         record = json.loads(record_path.read_text())
-        if (
-            record.get("done")
-            and record.get("train_command") == train_cmd[1:]
-            and (record.get("eval_command") == eval_cmd[1:])
-        ):
+        same = record.get("train_command") == train_cmd[1:] and record.get("eval_command") == eval_cmd[1:]
+        if same and record.get("done") and (run / "eval" / "volumes.csv").is_file():
             logger.info("%s: finished earlier, reusing it (--fresh retrains).", run.name)
             return {**record, "reused": True}
-    record: dict[str, Any] = {"train_command": train_cmd[1:], "eval_command": eval_cmd[1:], "done": False}
+        if same and record.get("trained") and (run / "models" / "model.pt").is_file():
+            logger.info("%s: trained earlier, evaluating it (--fresh retrains).", run.name)
+            return {**record, "reused": False}
+    record: dict[str, Any] = {
+        "train_command": train_cmd[1:],
+        "eval_command": eval_cmd[1:],
+        "trained": False,
+        "done": False,
+    }
     record_path.write_text(json.dumps(record, indent=1))
     record["train_s"], record["train_cpu_s"] = run_logged(train_cmd, run / "train.log", bundle, threads)
     if not (run / "models" / "model.pt").is_file():
         raise RuntimeError(f"training wrote no {run / 'models' / 'model.pt'}; see {run / 'train.log'}")
-    record["eval_s"], record["eval_cpu_s"] = run_logged(eval_cmd, run / "eval.log", bundle, threads)
-    record["done"] = True
+    record["trained"] = True
     record_path.write_text(json.dumps(record, indent=1))
     return {**record, "reused": False}
+
+
+def _evaluate_run(
+    bundle: Path, run: Path, record: dict[str, Any], eval_cmd: list[str], threads: int | None = None
+) -> dict[str, Any]:
+    """Evaluate a trained run (``record`` from :func:`_train_run`) unless it finished earlier."""
+    if record.get("done"):
+        return record
+    record["eval_s"], record["eval_cpu_s"] = run_logged(eval_cmd, run / "eval.log", bundle, threads)
+    record["done"] = True
+    (run / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "reused"}, indent=1))
+    return record
 
 
 def _cpu_model() -> str:
@@ -350,10 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs at a time; single-thread runs side by side use 2 cores without thread contention",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch threads per run (OMP_NUM_THREADS); 1 is much faster on a busy machine",
+        help="torch threads per run (OMP_NUM_THREADS; default: CPUs / jobs when --jobs > 1)",
     )
     synthetic = parser.add_argument_group("synthetic domain-shift suite (used when --dataset_dir is not given)")
     synthetic.add_argument("--train_subjects", type=int, default=DEFAULT_BUDGET["train_subjects"])
@@ -432,32 +454,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--in_domain {in_domain!r} is not one of the test sets {list(test_sets)}.")
 
     run_root = Path(args.run_dir) / tag
-    jobs = [(seed, method) for seed in args.seeds for method in args.methods]
-    rows: list[dict[str, Any]] = []
-    timings = []
-    for i, (seed, method) in enumerate(jobs, start=1):
+    # longest first (cooperative runs cost about twice as much), so parallel workers finish together
+    jobs = sorted(
+        ((seed, method) for seed in args.seeds for method in args.methods),
+        key=lambda job: (job[1] != "cooperative", args.seeds.index(job[0])),
+    )
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
+    logger.info("%d runs, %d at a time, %s torch thread(s) each", len(jobs), args.jobs, threads or "default")
+    progress = {"done": 0, "seconds": 0.0}
+    lock = threading.Lock()
+    evaluations: dict[tuple[int, str], Future] = {}
+
+    def commands(seed: int, method: str) -> tuple[Path, list[str], list[str]]:
         run = run_root / f"{method}_seed{seed}"
         train_cmd = training_command(bundle, run, dataset_dir, datalist, seed, METHODS[method], args.epochs, overrides)
-        eval_cmd = evaluation_command(bundle, run, test_sets, method, overrides)
-        logger.info("[%d/%d] %s, seed %d -> %s", i, len(jobs), method, seed, run)
-        record = _run_method(bundle, run, train_cmd, eval_cmd, args.fresh, args.threads)
-        if not record["reused"]:
-            timings.append(record["train_s"] + record["eval_s"])
-            eta = (len(jobs) - i) * sum(timings) / len(timings) / 60
+        return run, train_cmd, evaluation_command(bundle, run, test_sets, method, overrides)
+
+    def evaluate(job: tuple[int, str], record: dict[str, Any]) -> dict[str, Any]:
+        seed, method = job
+        run, _, eval_cmd = commands(seed, method)
+        record = _evaluate_run(bundle, run, record, eval_cmd, threads)
+        with lock:
+            progress["done"] += 1
+            if not record["reused"]:
+                progress["seconds"] += record.get("train_s", 0) + record["eval_s"]
+            left = (len(jobs) - progress["done"]) * progress["seconds"] / progress["done"] / max(1, args.jobs) / 60
             logger.info(
-                "[%d/%d] done: training %.1f min, evaluation %.1f min; about %.0f min left",
-                i,
+                "[%d/%d] %s, seed %d done: training %.1f min, evaluation %.1f min%s; about %.0f min left",
+                progress["done"],
                 len(jobs),
-                record["train_s"] / 60,
-                record["eval_s"] / 60,
-                eta,
+                method,
+                seed,
+                record.get("train_s", 0) / 60,
+                record.get("eval_s", 0) / 60,
+                " (reused)" if record["reused"] else "",
+                left,
             )
-        rows += [{**r, "method": method, "seed": seed} for r in read_csv(run / "eval" / "volumes.csv")]
-        context[f"time_{method}_seed{seed}"] = (
-            f"training {record.get('train_s', 0) / 60:.1f} min (CPU {record.get('train_cpu_s', 0) / 60:.1f} min), "
-            f"evaluation {record.get('eval_s', 0) / 60:.1f} min (CPU {record.get('eval_cpu_s', 0) / 60:.1f} min)"
-            + (" (reused)" if record["reused"] else "")
-        )
+        return record
+
+    def train(job: tuple[int, str]) -> None:
+        seed, method = job
+        run, train_cmd, eval_cmd = commands(seed, method)
+        logger.info("%s, seed %d: training in %s", method, seed, run)
+        record = _train_run(bundle, run, train_cmd, eval_cmd, args.fresh, threads)
+        # queued behind the remaining trainings: short evaluations fill the workers' idle time at the end
+        evaluations[job] = pool.submit(evaluate, job, record)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        try:
+            for future in [pool.submit(train, job) for job in jobs]:
+                future.result()
+            records = {job: evaluations[job].result() for job in jobs}
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # start nothing new; finished runs are reused next time
+            raise
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        for method in args.methods:
+            record = records[(seed, method)]
+            run = run_root / f"{method}_seed{seed}"
+            rows += [{**r, "method": method, "seed": seed} for r in read_csv(run / "eval" / "volumes.csv")]
+            context[f"time_{method}_seed{seed}"] = (
+                f"training {record.get('train_s', 0) / 60:.1f} min (CPU {record.get('train_cpu_s', 0) / 60:.1f} min), "
+                f"evaluation {record.get('eval_s', 0) / 60:.1f} min (CPU {record.get('eval_cpu_s', 0) / 60:.1f} min)"
+                + (" (reused)" if record["reused"] else "")
+            )
+    context["parallel"] = f"{args.jobs} run(s) at a time, {threads or 'default'} torch thread(s) each"
     context["wall_time_min"] = round((time.time() - start) / 60, 1)
     written = write_results(rows, Path(args.results_dir), tag, list(test_sets), in_domain, context)
     print(written["txt"].read_text())
