@@ -2,9 +2,10 @@
 
 For each seed, the bundle's own training workflow runs twice with overrides (``--latent_da False``: the paper's
 standard training; ``--latent_da True``: cooperative training with latent space data augmentation), each into its
-own run folder (``<run_dir>/<method>_seed<k>/models``, ``logs``; never the bundle's ``models/``). Each best
+own run folder (``<run_dir>/<tag>/<method>_seed<k>/models``, ``logs``; never the bundle's ``models/``). Each best
 checkpoint is then evaluated by ``evaluate.json`` on every test set. The combined per-volume table, the paper-shaped
-tables (mean ± sd over seeds), box plots and a short text go to ``<results_dir>/<tag>_*``.
+tables (mean ± sd over seeds), box plots and a short text go to ``<results_dir>/<tag>_*``. Runs are subprocesses,
+two at a time with one torch thread each by default (``--jobs``, ``--threads``).
 
 Without dataset arguments it runs on the synthetic domain-shift suite (:mod:`scripts.data.domains`), generated once
 and cached. Real data take the same command with other arguments. From the repository root::
