@@ -309,3 +309,9 @@ def test_evaluate_workflow_defaults_to_the_datalists_test_list(tiny_bundle: dict
         bad.run()
     assert isinstance(failure.value.__cause__, FileNotFoundError)  # MONAI wraps the error of a "$" expression
     assert "missing.pt not found; train first or pass --ckpt_path" in str(failure.value.__cause__)
+    from scripts.evaluation import load_checkpoint
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    with pytest.raises(RuntimeError, match=r"model.pt does not fit network_def: pass the settings it was trained"):
+        load_checkpoint(parser.get_parsed_content("network_def"), bundle / "models" / "model.pt")  # width 16 vs 4

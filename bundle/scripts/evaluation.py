@@ -193,7 +193,13 @@ def load_checkpoint(network: torch.nn.Module, ckpt_path: str | Path, device: tor
             f"checkpoint {ckpt_path} not found; train first or pass --ckpt_path <model.pt> (a flat state dict)."
         )
     state = torch.load(ckpt_path, map_location=device, weights_only=True)
-    getattr(network, "module", network).load_state_dict(state)
+    try:
+        getattr(network, "module", network).load_state_dict(state)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"checkpoint {ckpt_path} does not fit network_def: pass the settings it was trained with (e.g. --width) "
+            f"or a checkpoint of this code version.\n{e}"
+        ) from e
     logger.info("loaded %s", ckpt_path)
 
 
