@@ -27,7 +27,6 @@ import ast
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bundle_root
+from .machine import cpu_model
 from .report import (
     box_plot,
     fmt,
@@ -212,16 +212,6 @@ def _evaluate_run(
     record["done"] = True
     (run / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "reused"}, indent=1))
     return record
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_results(
@@ -409,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = dict(args.override)
     context: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{os.cpu_count()} CPUs, {_cpu_model()}",
+        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
         "command": "python -m scripts.robustness " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if args.dataset_dir:
