@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..report import save_figure
 from .artefacts import generate_artefact_sets
 from .datalist import PHANTOM_VERSION, default_cache_dir
 from .phantom import PhantomAppearance, write_phantom_dataset
@@ -222,9 +223,4 @@ def preview_domains(suite_dir: str | Path, path: str | Path, subject_index: int 
             ax.contour(label, levels=[0.5, 1.5, 2.5], colors=["red", "lime", "blue"], linewidths=0.6)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
