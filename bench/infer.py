@@ -201,6 +201,13 @@ def bench_server(bundle: Path, inputs: Path, root: Path, repeats: int) -> dict[s
         log.close()
 
 
+# The anchor this benchmark is judged by: the reference implementation's forward FLOPs for FTN + STN on this stack (it
+# also decodes the image reconstruction, which the bundle's inference skips). "Within 1.5x of that floor" means the
+# bundle's seconds per volume against REFERENCE_GFLOP / (this machine's matmul rate).
+REFERENCE_GFLOP = 84.0
+AIM = 1.5
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed volumes / requests per mode")
@@ -247,6 +254,14 @@ def main() -> None:
             f"{label:<34}{flops[refine]:>8.1f}{floor:>9.2f}{seconds:>10.2f}{seconds / floor:>9.2f}"
             f"{flops[refine] / seconds:>9.1f}"
         )
+    reference_floor = REFERENCE_GFLOP / rate
+    bundle_volume = next(volume for _, refine, volume, _ in rows if refine)
+    bundle_network = next(network for _, refine, _, network in rows if refine)
+    print(
+        f"\nanchor: the reference's {REFERENCE_GFLOP:.0f} GFLOP (FTN + STN) at {rate:.1f} GFLOP/s = "
+        f"{reference_floor:.2f} s; bundle FTN + STN file to file {bundle_volume / reference_floor:.2f}x, "
+        f"network {bundle_network / reference_floor:.2f}x (aim: {AIM}x)"
+    )
 
 
 if __name__ == "__main__":
