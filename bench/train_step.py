@@ -7,6 +7,7 @@ the bundle's own ``CooperativeTrainer._iteration``. Prints the median over ``--i
 
     python bench/train_step.py                # reference setting
     python bench/train_step.py --size 96 --batch 12 --iters 5
+    python bench/train_step.py --size 96 --batch 12 --layouts   # cooperative, contiguous vs channels-last
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from scripts.networks import CoopSegNet  # noqa: E402
 from scripts.trainer import CooperativeTrainer, PairedSlicePrepareBatch, per_part_param_groups  # noqa: E402
 
 
-def make_trainer(latent_da: bool, device: torch.device, seed: int = 0) -> CooperativeTrainer:
+def make_trainer(
+    latent_da: bool, device: torch.device, seed: int = 0, channels_last: bool = False
+) -> CooperativeTrainer:
     torch.manual_seed(seed)
     net = CoopSegNet().to(device)
     optimizer = torch.optim.Adam(per_part_param_groups(net), lr=1e-4)
@@ -42,6 +45,7 @@ def make_trainer(latent_da: bool, device: torch.device, seed: int = 0) -> Cooper
         shape_masker=LatentMasker(),
         prepare_batch=PairedSlicePrepareBatch(True),
         epoch_length=1,
+        channels_last=channels_last,
     )
     trainer.state.device = device
     return trainer
@@ -75,12 +79,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--layouts", action="store_true", help="compare cooperative training in contiguous and channels-last layout"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     batch = synthetic_batch(args.batch // 2, args.size)
     results = {}
     # Interleave the two modes so that machine load drifts affect both alike.
-    trainers = {"standard": make_trainer(False, device), "cooperative": make_trainer(True, device)}
+    if args.layouts:
+        trainers = {"contiguous": make_trainer(True, device), "channels_last": make_trainer(True, device, 0, True)}
+    else:
+        trainers = {"standard": make_trainer(False, device), "cooperative": make_trainer(True, device)}
     samples: dict[str, list[float]] = {k: [] for k in trainers}
     for trainer in trainers.values():
         time_iterations(trainer, batch, args.warmup, 0)
@@ -96,7 +106,8 @@ def main() -> None:
     )
     for name, value in results.items():
         print(f"{name:12s} {value:8.3f} s/iteration")
-    print(f"ratio cooperative / standard: {results['cooperative'] / results['standard']:.2f}")
+    first, second = results
+    print(f"ratio {second} / {first}: {results[second] / results[first]:.2f}")
 
 
 if __name__ == "__main__":
