@@ -26,9 +26,16 @@ import torch
 from monai.inferers import Inferer, SliceInferer
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["MAP_NAMES", "CoopSegInferer", "entropy_map", "disagreement_map", "fused_eval_copy"]
+from .cpu_memory import retain_freed_memory
+
+__all__ = ["MAP_NAMES", "CPU_BATCH_PIXELS", "CoopSegInferer", "entropy_map", "disagreement_map", "fused_eval_copy"]
 
 MAP_NAMES = ("uncertainty", "disagreement")
+
+CPU_BATCH_PIXELS = 2**19
+"""On the CPU, ``sw_batch_size=0`` puts at most this many in-plane pixels (slices x padded H x W) in one network call:
+a 16-channel float32 activation of that batch is 32 MiB, the largest block glibc's malloc can be told to keep for
+reuse (:mod:`scripts.cpu_memory`). 10 slices of 224 x 224, 8 of 256 x 256."""
 
 
 def entropy_map(prob: torch.Tensor) -> torch.Tensor:
@@ -79,10 +86,14 @@ class CoopSegInferer(Inferer):
         refine: ``pred`` is STN-refined (the paper's prediction) or, if False, the FTN's alone.
         divisor: in-plane sizes are padded to a multiple of this (the network downsamples 16 x).
         spatial_dim: the slice axis among the 3 spatial axes (2: the last, as short-axis stacks are stored).
-        sw_batch_size: slices per network call; 0 means all slices of a frame at once.
+        sw_batch_size: slices per network call; 0 means all slices of a frame at once on a GPU and, on the CPU, as
+            many as fit :data:`CPU_BATCH_PIXELS` (at least one).
         fast: for an ``nn.Module`` in eval mode, run a cached :func:`fused_eval_copy` of it (BatchNorm folded into
             the convolutions, channels-last); the copy is rebuilt when the network's weights change. TorchScript
             modules and modules in training mode run as they are.
+        retain_cpu_memory: when running on the CPU, call :func:`scripts.cpu_memory.retain_freed_memory` (once per
+            process) so activation memory is reused instead of page-faulted in again at every call; measured 2x
+            faster on a 10 x 224 x 224 stack. The process keeps its peak memory.
 
     The network must provide ``segment(x)`` (FTN logits) and ``refine_logits(logits)`` (STN), as
     :class:`scripts.networks.CoopSegNet` and its TorchScript export do; a plain module that only has ``forward`` is
@@ -96,6 +107,7 @@ class CoopSegInferer(Inferer):
         spatial_dim: int = 2,
         sw_batch_size: int = 0,
         fast: bool = True,
+        retain_cpu_memory: bool = True,
     ) -> None:
         super().__init__()
         if divisor < 1 or spatial_dim not in (0, 1, 2) or sw_batch_size < 0:
@@ -108,6 +120,7 @@ class CoopSegInferer(Inferer):
         self.spatial_dim = spatial_dim
         self.sw_batch_size = sw_batch_size
         self.fast = fast
+        self.retain_cpu_memory = retain_cpu_memory
         self._fused: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
@@ -144,12 +157,14 @@ class CoopSegInferer(Inferer):
             raise ValueError(f"expected inputs B, F, H, W, D; got shape {tuple(inputs.shape)}.")
         if maps and not (hasattr(network, "segment") and hasattr(network, "refine_logits")):
             raise TypeError("uncertainty and disagreement maps need a network with segment() and refine_logits().")
-        in_plane = [s for i, s in enumerate(inputs.shape[2:]) if i != self.spatial_dim]
-        n_slices = inputs.shape[2 + self.spatial_dim]
+        roi_size = [_ceil_to(s, self.divisor) for i, s in enumerate(inputs.shape[2:]) if i != self.spatial_dim]
+        on_cpu = inputs.device.type == "cpu"
+        if on_cpu and self.retain_cpu_memory:
+            retain_freed_memory()
         slicer = SliceInferer(
-            roi_size=[_ceil_to(s, self.divisor) for s in in_plane],
+            roi_size=roi_size,
             spatial_dim=self.spatial_dim,
-            sw_batch_size=self.sw_batch_size or n_slices,
+            sw_batch_size=self._slices_per_call(inputs.shape[2 + self.spatial_dim], roi_size, on_cpu),
             progress=False,
         )
         slice_fn = self._slice_fn(*self._runnable(network), tuple(maps))
@@ -159,6 +174,13 @@ class CoopSegInferer(Inferer):
                 frames.append(slicer(inputs[:, f : f + 1], slice_fn))
         # inference tensors cannot be modified later (e.g. by Invertd); cat makes ordinary ones
         return {key: torch.cat([fr[key] for fr in frames], dim=1) for key in frames[0]}
+
+    def _slices_per_call(self, n_slices: int, roi_size: Sequence[int], on_cpu: bool) -> int:
+        if self.sw_batch_size:
+            return self.sw_batch_size
+        if not on_cpu:
+            return n_slices
+        return max(1, min(n_slices, CPU_BATCH_PIXELS // (roi_size[0] * roi_size[1])))
 
     def _slice_fn(
         self, network: Callable[..., Any], channels_last: bool, maps: tuple[str, ...]

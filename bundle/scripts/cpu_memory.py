@@ -1,0 +1,72 @@
+# Copyright (c) CoopSeg contributors.
+# Licensed under the Apache License, Version 2.0.
+"""Keep freed CPU memory in the process for reuse, instead of handing it back to the OS after every network call.
+
+Why: a forward pass over a 10-slice 224 x 224 stack allocates and frees about 0.5 GB of activations, most of them
+blocks of 8-32 MiB. glibc's malloc serves such blocks with ``mmap`` or returns them to the OS when the top of the heap
+is free (``M_MMAP_THRESHOLD`` / ``M_TRIM_THRESHOLD``), so the next call page-faults all of that memory in again:
+measured on the 2-core development machine, 140,000 minor page faults per forward, half the inference time, and
+40,000-60,000 per cooperative training iteration (96 x 96, batch 12). Raising both thresholds makes malloc keep and
+reuse the blocks: 0 faults per call after the first. The price is that the process's resident memory stays at its
+peak instead of shrinking between calls.
+
+This changes the whole process's allocator, so it is applied once, only by components that are configured to
+(``CoopSegInferer(retain_cpu_memory=True)``, ``CooperativeTrainer(retain_cpu_memory=True)``), and only when they run on
+the CPU. It is a no-op where malloc is not glibc's (macOS, Windows, musl): :func:`retain_freed_memory` then returns
+False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+import threading
+
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "retain_freed_memory"]
+
+logger = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 * 1024 * 1024
+"""Blocks up to this size come from the heap (glibc accepts at most 32 MiB on 64-bit); larger ones are still mapped."""
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+"""Free memory at the top of the heap is returned to the OS only beyond this much."""
+
+_lock = threading.Lock()
+_applied: bool | None = None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    # gnu_get_libc_version exists only in glibc, whose mallopt parameters these are
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+
+
+def retain_freed_memory() -> bool:
+    """Set glibc's ``M_MMAP_THRESHOLD`` to :data:`MMAP_THRESHOLD` and ``M_TRIM_THRESHOLD`` to :data:`TRIM_THRESHOLD`,
+    once per process; True if they are in effect (now or from an earlier call), False where this is not glibc or
+    ``mallopt`` refused."""
+    global _applied
+    with _lock:
+        if _applied is None:
+            libc = _glibc()
+            _applied = bool(
+                libc is not None
+                and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            )
+            if _applied:
+                logger.info(
+                    "CPU memory: freed blocks up to %d MiB are kept for reuse (glibc mallopt)", MMAP_THRESHOLD >> 20
+                )
+        return _applied
