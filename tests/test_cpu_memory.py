@@ -86,7 +86,8 @@ def test_cpu_slice_batches(shape: tuple[int, int, int], sw_batch_size: int, expe
     from scripts.inferers import CoopSegInferer
 
     net = _BatchRecorder().eval()
-    out = CoopSegInferer(sw_batch_size=sw_batch_size, fast=False, retain_cpu_memory=False)(torch.rand(1, 1, *shape), net)
+    inferer = CoopSegInferer(sw_batch_size=sw_batch_size, fast=False, retain_cpu_memory=False)
+    out = inferer(torch.rand(1, 1, *shape), net)
     assert net.batches == expected
     assert out.shape == (1, 4, *shape)
 

@@ -22,8 +22,8 @@ def test_one_cycle_warms_up_peaks_and_decays():
     peak = lrs.index(max(lrs))
     assert lrs[0] == pytest.approx(2e-4)
     assert peak == 10 and max(lrs) == pytest.approx(2e-3)
-    assert all(a < b for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))
-    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1 : peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(lrs[peak:-1], lrs[peak + 1 :], strict=True))
     assert lrs[-1] == pytest.approx(2e-5)
 
 

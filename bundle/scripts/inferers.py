@@ -27,6 +27,7 @@ from monai.inferers import Inferer, SliceInferer
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .cpu_memory import retain_freed_memory
+from .infer_fusion import fuse_blocks
 
 __all__ = ["MAP_NAMES", "CPU_BATCH_PIXELS", "CoopSegInferer", "entropy_map", "disagreement_map", "fused_eval_copy"]
 
@@ -49,11 +50,15 @@ def disagreement_map(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor
     return 0.5 * (prob_a - prob_b).abs().sum(dim=1, keepdim=True)
 
 
-def fused_eval_copy(network: torch.nn.Module, channels_last: bool = True) -> torch.nn.Module:
+def fused_eval_copy(
+    network: torch.nn.Module, channels_last: bool = True, fuse_activations: bool = True
+) -> torch.nn.Module:
     """A copy of an eval-mode ``network`` for inference (no autograd): every ``Conv2d`` followed by a
     ``BatchNorm2d`` in an ``nn.Sequential`` is folded into one convolution (the same function up to float rounding,
-    one pass over the activations less), ``ReLU``/``LeakyReLU`` modules work in place, and the weights are optionally
-    in channels-last memory format (oneDNN's preferred layout on CPU)."""
+    one pass over the activations less), ``ReLU``/``LeakyReLU`` modules work in place, the network's encoders,
+    decoders and latent decoupler are optionally replaced by :mod:`scripts.infer_fusion`'s versions (activation and
+    residual add inside the convolution on CPU), and the weights are optionally in channels-last memory format
+    (oneDNN's preferred layout on CPU)."""
     fused = copy.deepcopy(network)
     for module in fused.modules():
         if not isinstance(module, torch.nn.Sequential):
@@ -67,6 +72,8 @@ def fused_eval_copy(network: torch.nn.Module, channels_last: bool = True) -> tor
     for module in fused.modules():  # no autograd at inference: activations may overwrite their input
         if isinstance(module, (torch.nn.ReLU, torch.nn.LeakyReLU)):
             module.inplace = True
+    if fuse_activations:
+        fuse_blocks(fused)
     return fused.to(memory_format=torch.channels_last) if channels_last else fused
 
 

@@ -19,7 +19,9 @@ __all__ = ["LR_POLICIES", "lr_factor", "budget_lr_scheduler"]
 LR_POLICIES = ("constant", "one_cycle")
 
 
-def lr_factor(step: int, total_steps: int, policy: str, warmup_fraction: float = 0.15, final_factor: float = 0.01) -> float:
+def lr_factor(
+    step: int, total_steps: int, policy: str, warmup_fraction: float = 0.15, final_factor: float = 0.01
+) -> float:
     """Multiplier of the base learning rate before optimiser step ``step`` (0-based) of ``total_steps``.
 
     ``one_cycle``: linear from 0.1 to 1 over the first ``warmup_fraction`` of the steps, then a half cosine from 1
