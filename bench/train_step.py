@@ -2,12 +2,14 @@
 
 The reference protocol's batch: 10 augmented + 10 original slices of 192 x 192 (batch 20), the reference-width
 network, one full iteration (forward, hard-example generation for cooperative training, backward, Adam step) through
-the bundle's own ``CooperativeTrainer._iteration``. Prints the median over ``--iters`` timed iterations after
-``--warmup`` untimed ones, the ratio cooperative / standard, the thread count and the CPU model.
+the bundle's own ``CooperativeTrainer._iteration`` with train.json's defaults (channels-last, freed CPU memory kept for
+reuse). Prints the median over ``--iters`` timed iterations after ``--warmup`` untimed ones, the ratio cooperative /
+standard, the thread count and the CPU model.
 
     python bench/train_step.py                # reference setting
     python bench/train_step.py --size 96 --batch 12 --iters 5
     python bench/train_step.py --size 96 --batch 12 --layouts   # cooperative, contiguous vs channels-last
+    python bench/train_step.py --no-retain-memory               # glibc's default malloc (compare with a plain run)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from scripts.trainer import CooperativeTrainer, PairedSlicePrepareBatch, per_par
 
 
 def make_trainer(
-    latent_da: bool, device: torch.device, seed: int = 0, channels_last: bool = False
+    latent_da: bool, device: torch.device, seed: int = 0, channels_last: bool = True, retain_cpu_memory: bool = True
 ) -> CooperativeTrainer:
     torch.manual_seed(seed)
     net = CoopSegNet().to(device)
@@ -46,6 +48,7 @@ def make_trainer(
         prepare_batch=PairedSlicePrepareBatch(True),
         epoch_length=1,
         channels_last=channels_last,
+        retain_cpu_memory=retain_cpu_memory,
     )
     trainer.state.device = device
     return trainer
@@ -82,15 +85,28 @@ def main() -> None:
     parser.add_argument(
         "--layouts", action="store_true", help="compare cooperative training in contiguous and channels-last layout"
     )
+    parser.add_argument(
+        "--no-retain-memory",
+        action="store_true",
+        help="leave glibc's malloc at its defaults (train.json's retain_cpu_memory false); it is process-wide, so "
+        "compare two runs",
+    )
     args = parser.parse_args()
+    retain = not args.no_retain_memory
     device = torch.device(args.device)
     batch = synthetic_batch(args.batch // 2, args.size)
     results = {}
     # Interleave the two modes so that machine load drifts affect both alike.
     if args.layouts:
-        trainers = {"contiguous": make_trainer(True, device), "channels_last": make_trainer(True, device, 0, True)}
+        trainers = {
+            "contiguous": make_trainer(True, device, 0, False, retain),
+            "channels_last": make_trainer(True, device, 0, True, retain),
+        }
     else:
-        trainers = {"standard": make_trainer(False, device), "cooperative": make_trainer(True, device)}
+        trainers = {
+            "standard": make_trainer(False, device, 0, True, retain),
+            "cooperative": make_trainer(True, device, 0, True, retain),
+        }
     samples: dict[str, list[float]] = {k: [] for k in trainers}
     for trainer in trainers.values():
         time_iterations(trainer, batch, args.warmup, 0)
@@ -99,7 +115,10 @@ def main() -> None:
             samples[name] += time_iterations(trainer, batch, 0, 1)
     for name, times in samples.items():
         results[name] = statistics.median(times)
-    print(f"device: {device} | torch {torch.__version__} | threads: {torch.get_num_threads()} | cpu: {cpu_model()}")
+    print(
+        f"device: {device} | torch {torch.__version__} | threads: {torch.get_num_threads()} | cpu: {cpu_model()} | "
+        f"freed memory kept: {retain}"
+    )
     print(
         f"batch {args.batch} ({args.batch // 2} + {args.batch // 2}), {args.size} x {args.size}, "
         f"median of {args.iters} iterations after {args.warmup} warm-up"
