@@ -96,8 +96,9 @@ class CoopSegInferer(Inferer):
         sw_batch_size: slices per network call; 0 means all slices of a frame at once on a GPU and, on the CPU, as
             many as fit :data:`CPU_BATCH_PIXELS` (at least one).
         fast: for an ``nn.Module`` in eval mode, run a cached :func:`fused_eval_copy` of it (BatchNorm folded into
-            the convolutions, channels-last); the copy is rebuilt when the network's weights change. TorchScript
-            modules and modules in training mode run as they are.
+            the convolutions, channels-last, activations and residual adds inside oneDNN convolutions on the CPU);
+            the copy is rebuilt when the network's weights change. TorchScript modules and modules in training mode
+            run as they are.
         retain_cpu_memory: when running on the CPU, call :func:`scripts.cpu_memory.retain_freed_memory` (once per
             process) so activation memory is reused instead of page-faulted in again at every call; measured 2x
             faster on a 10 x 224 x 224 stack. The process keeps its peak memory.
