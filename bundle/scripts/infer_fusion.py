@@ -113,12 +113,11 @@ class FusedResidualBlock(nn.Module):
 
     def __init__(self, block: _ResidualBlock) -> None:
         super().__init__()
-        slope = block.act.negative_slope
         resample = block.resample
         self.resample = ConvAct(resample) if type(resample) is nn.Conv2d else resample
         self.shortcut = ConvAct(block.shortcut)
         self.first = _conv_act(block.branch, 0, "leaky_relu", block.branch[2].negative_slope)
-        self.last = _conv_act(block.branch, 3, "leaky_relu", slope)
+        self.last = _conv_act(block.branch, 3, "leaky_relu", block.act.negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resample(x)
@@ -132,8 +131,8 @@ class FusedEncoder(nn.Module):
         super().__init__()
         self.inc_first = _conv_act(encoder.inc, 0, "leaky_relu", encoder.inc[2].negative_slope)
         self.inc_last = _conv_act(encoder.inc, 3, "leaky_relu", encoder.inc_act.negative_slope)
-        self.down = nn.Sequential(*(FusedResidualBlock(b) for b in (encoder.down1, encoder.down2, encoder.down3,
-                                                                      encoder.down4)))  # fmt: skip
+        blocks = (encoder.down1, encoder.down2, encoder.down3, encoder.down4)
+        self.down = nn.Sequential(*(FusedResidualBlock(b) for b in blocks))
         self.final = _conv_act(encoder.final_conv, 0, "relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
