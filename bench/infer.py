@@ -39,11 +39,11 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path[:0] = [str(BUNDLE), str(REPO)]  # the bundle's `scripts`, the repository's `tools`
 
 from scripts.data.phantom import generate_subject  # noqa: E402
-from scripts.machine import cpu_model  # noqa: E402
-from scripts.networks import CoopSegNet  # noqa: E402
+from scripts.model.networks import CoopSegNet  # noqa: E402
+from tools.machine import cpu_model  # noqa: E402
 
 SPACING = 1.36719
 SHAPE = (224, 224, 10)

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bundle"))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "bundle"), str(REPO)]  # the bundle's `scripts`, the repository's `tools`
 
-from scripts.machine import cpu_model  # noqa: E402
-from scripts.masking import LatentMasker  # noqa: E402
-from scripts.networks import CoopSegNet  # noqa: E402
-from scripts.trainer import CooperativeTrainer, PairedSlicePrepareBatch, per_part_param_groups  # noqa: E402
+from scripts.engine.trainer import CooperativeTrainer, PairedSlicePrepareBatch, per_part_param_groups  # noqa: E402
+from scripts.model.masking import LatentMasker  # noqa: E402
+from scripts.model.networks import CoopSegNet  # noqa: E402
+from tools.machine import cpu_model  # noqa: E402
 
 
 def make_trainer(

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import BUNDLE_ROOT
-from scripts.networks import CoopSegNet
+from scripts.model.networks import CoopSegNet
 
 IS_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -23,8 +23,8 @@ FAULTS_SCRIPT = textwrap.dedent(
     import resource, sys
     import torch
     sys.path.insert(0, {bundle!r})
-    from scripts.inferers import CoopSegInferer
-    from scripts.networks import CoopSegNet
+    from scripts.inference.inferer import CoopSegInferer
+    from scripts.model.networks import CoopSegNet
 
     torch.set_num_threads(1)
     net = CoopSegNet().eval()
@@ -83,7 +83,7 @@ class _BatchRecorder(torch.nn.Module):
     ],
 )
 def test_cpu_slice_batches(shape: tuple[int, int, int], sw_batch_size: int, expected: list[int]) -> None:
-    from scripts.inferers import CoopSegInferer
+    from scripts.inference.inferer import CoopSegInferer
 
     net = _BatchRecorder().eval()
     inferer = CoopSegInferer(sw_batch_size=sw_batch_size, fast=False, retain_cpu_memory=False)
@@ -93,7 +93,7 @@ def test_cpu_slice_batches(shape: tuple[int, int, int], sw_batch_size: int, expe
 
 
 def test_all_slices_in_one_call_off_the_cpu() -> None:
-    from scripts.inferers import CoopSegInferer
+    from scripts.inference.inferer import CoopSegInferer
 
     assert CoopSegInferer()._slices_per_call(40, [256, 256], on_cpu=False) == 40
     assert CoopSegInferer()._slices_per_call(40, [256, 256], on_cpu=True) == 8
@@ -103,7 +103,7 @@ def test_all_slices_in_one_call_off_the_cpu() -> None:
 def test_trainer_applies_the_setting_on_cpu_when_asked(
     monkeypatch: pytest.MonkeyPatch, retain: bool, calls: int
 ) -> None:
-    import scripts.trainer as trainer_module
+    import scripts.engine.trainer as trainer_module
 
     seen: list[bool] = []
     monkeypatch.setattr(trainer_module, "retain_freed_memory", lambda: seen.append(True) or True)

@@ -1,5 +1,2 @@
-"""Data: the synthetic phantom generator, datalist resolution and the 2D slice dataset."""
-
-from . import datalist, phantom, slices
-
-__all__ = ["datalist", "phantom", "slices"]
+"""Data: the synthetic phantom (``phantom``), datalists (``datalist``), the 2D slice dataset (``slices``), the
+reference augmentation (``transforms``), and the ACDC, M&Ms and ACDC-C adapters (``acdc``, ``mnms``, ``artefacts``)."""

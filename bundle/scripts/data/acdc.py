@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..files import write_json_atomic
+from ..labels import channel_names
 from .datalist import DatasetError
-from .nifti import copy_file_atomic, load_nifti, save_nifti_atomic, write_json_atomic
+from .nifti import copy_file_atomic, load_nifti, save_nifti_atomic
 
 __all__ = [
     "TEST_IDS",
@@ -91,7 +93,7 @@ STANDARD_TRAINING = ("001", "002", "003", "004", "006", "011", "012", "013", "01
 
 # raw ACDC -> project: (l == 3) * 1 + (l == 2) * 2 + (l == 1) * 3 (method.md 5.2)
 RAW_TO_PROJECT = np.array([0, 3, 2, 1], dtype=np.uint8)
-LABELS = {"0": "background", "1": "lv", "2": "myocardium", "3": "rv"}
+LABELS = channel_names()
 FRAMES = ("ED", "ES")
 _PATIENT_DIR = re.compile(r"^patient(\d{3})$")
 
@@ -336,14 +338,14 @@ def prepare_acdc(
             content[key] = [e for pid in ids if pid in by_id for e in by_id[pid]]
         if split in ("fewshot_cval1", "fewshot_cval4"):
             content["note"] = "validation overlaps training, as in the reference split (method.md 5.5)"
-        written[split] = write_json_atomic(content, out_dir / f"datalist_{split}.json")
+        written[split] = write_json_atomic(out_dir / f"datalist_{split}.json", content)
     paper = json.loads(written["fewshot_cval0"].read_text())
     paper["note"] = "the paper's setting: 10 training subjects, few-shot cval 0"
-    written["default"] = write_json_atomic(paper, out_dir / "datalist.json")
+    written["default"] = write_json_atomic(out_dir / "datalist.json", paper)
     all_lists = {
         subset: [e for pid in sorted(by_id) for e in by_id[pid] if e["subset"] == subset] for subset in subsets
     }
-    written["all"] = write_json_atomic({**common, "split": "all", **all_lists}, out_dir / "datalist_all.json")
+    written["all"] = write_json_atomic(out_dir / "datalist_all.json", {**common, "split": "all", **all_lists})
     logger.info(
         "ACDC: %d volumes; datalists %s",
         sum(len(v) for v in by_id.values()),

@@ -44,8 +44,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..files import write_json_atomic
+from ..labels import channel_names
 from .datalist import DatasetError
-from .nifti import copy_file_atomic, load_nifti, save_nifti_atomic, write_json_atomic
+from .nifti import copy_file_atomic, load_nifti, save_nifti_atomic
 
 __all__ = [
     "ARTEFACTS",
@@ -219,12 +221,12 @@ def generate_acdc_c(
         "seed": seed,
         "copies": n_copies,
         "torchio_version": torchio.__version__,
-        "labels": {"0": "background", "1": "lv", "2": "myocardium", "3": "rv"},
+        "labels": channel_names(),
         **lists,
         "test": [e for a in artefacts for e in lists[a]],
     }
     logger.info("ACDC-C: %d volumes per artefact written to %s", len(entries) * n_copies, out_dir)
-    return write_json_atomic(content, out_dir / "datalist.json")
+    return write_json_atomic(out_dir / "datalist.json", content)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from monai.data import load_decathlon_datalist
+
+from ..files import staged_dir, write_json_atomic
+from ..labels import channel_names
 
 __all__ = [
     "PHANTOM_VERSION",
@@ -59,13 +60,10 @@ def ensure_synthetic_dataset(
     if (target / "datalist.json").is_file():
         logger.warning("SYNTHETIC DATA: using the cached phantom dataset in %s (no dataset_dir given).", target)
         return target
-    root.mkdir(parents=True, exist_ok=True)
     logger.warning("SYNTHETIC DATA: no dataset_dir given; generating the phantom dataset into %s ...", target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
+    with staged_dir(target) as staging:
         datalist: dict[str, Any] = {"name": "CoopSeg synthetic short-axis cine phantom", "version": PHANTOM_VERSION,
-                                    "seed": seed, "labels": {"0": "background", "1": "lv", "2": "myocardium",
-                                                             "3": "rv"}}
+                                    "seed": seed, "labels": channel_names()}
         for offset, (key, n_subjects) in enumerate(split.items()):
             # Each split has its own seed stream, so the splits never share subjects.
             datalist[key] = [
@@ -73,14 +71,7 @@ def ensure_synthetic_dataset(
                 for entry in write_phantom_dataset(staging / key, n_subjects, seed=seed * 1000 + offset,
                                                    prefix=f"{key[:2]}")
             ]
-        (staging / "datalist.json").write_text(json.dumps(datalist, indent=1))
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json_atomic(staging / "datalist.json", datalist)
     logger.warning("SYNTHETIC DATA: phantom dataset ready in %s.", target)
     return target
 

@@ -36,14 +36,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..files import write_json_atomic
+from ..labels import channel_names
 from .datalist import DatasetError
-from .nifti import load_nifti, save_nifti_atomic, write_json_atomic
+from .nifti import load_nifti, save_nifti_atomic
 
 __all__ = ["MnmsInfo", "find_info_csv", "find_subjects", "prepare_mnms", "prepare_subject", "read_mnms_info"]
 
 logger = logging.getLogger(__name__)
 
-LABELS = {"0": "background", "1": "lv", "2": "myocardium", "3": "rv"}
+LABELS = channel_names()
 FRAMES = ("ED", "ES")
 # Accepted spellings of the CSV columns, compared after lower-casing and dropping spaces, '_', '-' and '.'.
 COLUMN_ALIASES = {
@@ -287,7 +289,7 @@ def prepare_mnms(
             content[f"{prefix}{value}"] = [e for e in entries if e[key] == value]
     counts = {k[len("vendor_") :]: len(v) for k, v in content.items() if k.startswith("vendor_")}
     logger.info("M&Ms: %d volumes from %d subjects; per vendor %s", len(entries), len(subjects), counts)
-    return write_json_atomic(content, out_dir / "datalist.json")
+    return write_json_atomic(out_dir / "datalist.json", content)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

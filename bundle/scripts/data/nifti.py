@@ -1,23 +1,20 @@
-"""Small NIfTI and JSON helpers for the dataset adapters: header-only inspection and atomic, never-clobbering writes.
+"""NIfTI helpers for the dataset adapters: header-only inspection and never-clobbering writes.
 
-Every file is written to a temporary sibling and renamed into place, so an interrupted run never leaves a partial
-file. An existing output is kept when its content equals what would be written and is otherwise an error: derived
-labels are never silently overwritten.
+Files are written atomically (:mod:`scripts.files`). An existing output is kept when its content equals what would be
+written and is otherwise a :class:`~scripts.data.datalist.DatasetError`: derived labels are never silently
+overwritten.
 """
 
 from __future__ import annotations
 
-import filecmp
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from .. import files
 from .datalist import DatasetError
 
 __all__ = [
@@ -25,7 +22,6 @@ __all__ = [
     "nifti_shape",
     "save_nifti_atomic",
     "copy_file_atomic",
-    "write_json_atomic",
     "spacing_of",
 ]
 
@@ -51,14 +47,6 @@ def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
-def _tmp_path(path: Path, suffix: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    return Path(tmp)
-
-
 def _same_nifti(a: Path, b: Path) -> bool:
     img_a, img_b = nib.load(str(a)), nib.load(str(b))
     return (
@@ -68,20 +56,12 @@ def _same_nifti(a: Path, b: Path) -> bool:
     )
 
 
-def _place(tmp: Path, path: Path, same: bool) -> None:
-    """Move ``tmp`` to ``path`` unless ``path`` already holds the same content (``same``); never clobber."""
-    try:
-        if path.exists():
-            if not same:
-                raise DatasetError(
-                    f"{path} already exists with different content; remove it or write to another output folder "
-                    "(derived files are never overwritten)."
-                )
-            return
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _never_clobber(path: Path):
+    """Translate :mod:`scripts.files`' refusal to overwrite into the adapters' :class:`DatasetError`."""
+    return DatasetError(
+        f"{path} already exists with different content; remove it or write to another output folder "
+        "(derived files are never overwritten)."
+    )
 
 
 def save_nifti_atomic(
@@ -107,29 +87,17 @@ def save_nifti_atomic(
     # a 3D frame of a 4D cine keeps the spatial zooms only
     img.header.set_zooms(reference.header.get_zooms()[: array.ndim])
     img.header.set_slope_inter(1.0, 0.0)
-    tmp = _tmp_path(path, ".nii.gz")
-    nib.save(img, str(tmp))
-    _place(tmp, path, path.exists() and _same_nifti(tmp, path))
+    try:
+        with files.atomic_path(path, overwrite=False, same=_same_nifti) as tmp:
+            nib.save(img, str(tmp))
+    except FileExistsError as e:
+        raise _never_clobber(path) from e
     return path
 
 
 def copy_file_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Byte copy of ``source`` to ``path`` (geometry and data untouched), atomically."""
-    source, path = Path(source), Path(path)
-    tmp = _tmp_path(path, "".join(source.suffixes))
-    shutil.copyfile(source, tmp)
-    _place(tmp, path, path.exists() and filecmp.cmp(tmp, path, shallow=False))
-    return path
-
-
-def write_json_atomic(content: Any, path: str | os.PathLike) -> Path:
-    """JSON file written atomically; datalists and summaries are regenerated, so they may be replaced."""
-    path = Path(path)
-    tmp = _tmp_path(path, ".json")
+    """Byte copy of ``source`` to ``path`` (geometry and data untouched), atomically; never clobbers."""
     try:
-        tmp.write_text(json.dumps(content, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        return files.copy_file_atomic(source, path)
+    except FileExistsError as e:
+        raise _never_clobber(Path(path)) from e

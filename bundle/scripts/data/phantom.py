@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from ..files import atomic_path
+from ..labels import by_name
 
 __all__ = ["TISSUE_INTENSITY", "PhantomAppearance", "generate_subject", "write_phantom_dataset"]
 
@@ -46,7 +48,7 @@ _T = {name: idx for idx, name in enumerate(_TISSUES)}
 _AIR, _LUNG, _FAT, _BLOOD = _T["air"], _T["lung"], _T["fat"], _T["blood"]
 _MYO, _MUSCLE, _LIVER, _BONE = _T["myocardium"], _T["muscle"], _T["liver"], _T["bone"]
 
-LABEL_LV, LABEL_MYO, LABEL_RV = 1, 2, 3
+LABEL_LV, LABEL_MYO, LABEL_RV = (by_name(n).code for n in ("lv", "myocardium", "rv"))
 _SUPERSAMPLE = 2  # in-plane render factor for partial-volume effects
 _ATRIUM_EXTENT_MM = 35.0  # atria are drawn up to this distance above the mitral plane
 
@@ -487,22 +489,14 @@ def generate_subject(
 
 
 def _save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str) -> None:
-    """Write ``array`` as NIfTI with qform and sform set to ``affine``, atomically (temp + replace)."""
+    """Write ``array`` as NIfTI with qform and sform set to ``affine``, atomically."""
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"CoopSeg synthetic cine phantom"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def write_phantom_dataset(

@@ -6,9 +6,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.transforms import Randomizable
+from monai.utils import MAX_SEED
 
 __all__ = ["VolumeSliceDataset"]
 
@@ -58,6 +60,17 @@ class VolumeSliceDataset(Randomizable, torch.utils.data.Dataset):
             self.labelled_slices.append(labelled)
             self.index.extend((v, s) for s in range(depth))
         logger.info("%d training slices from %d volumes.", len(self.index), len(self.volumes))
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Randomizable:
+        """Seed this dataset's slice draws and, from them, every random transform of ``slice_transform``.
+
+        MONAI's data loaders call this with a seed per worker (per epoch when workers are not persistent), so
+        augmentation is reproducible from the training seed.
+        """
+        super().set_random_state(seed, state)
+        if isinstance(self.slice_transform, Randomizable):
+            self.slice_transform.set_random_state(seed=int(self.R.randint(MAX_SEED)))
+        return self
 
     def __len__(self) -> int:
         return len(self.index)

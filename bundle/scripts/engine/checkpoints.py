@@ -1,0 +1,220 @@
+"""Resumable training: the full training state saved at every epoch end and restored with MONAI's checkpoint handlers.
+
+A training state file ``<ckpt_dir>/training_state_checkpoint_epoch=<n>.pt`` (the newest only) holds the network,
+the optimiser, the learning-rate scheduler, the trainer (epoch and iteration) and the run's :class:`TrainingProgress`:
+every random stream (torch, CUDA, numpy, Python, and each randomizable transform of the training dataset), the
+validator's best metric and the best-model saver's record. :class:`SaveTrainingState` writes it with MONAI's
+``CheckpointSaver``; :class:`ResumeTraining` restores it with MONAI's ``CheckpointLoader`` before the first iteration,
+so an interrupted run continues exactly where its last completed epoch left it: the same batches, augmentations,
+latent masks and updates as the run that was never interrupted.
+
+Both handlers add the engine they are attached to as ``trainer`` to the objects they save or load, so a config can
+list them among the trainer's own handlers without referring to the trainer (a reference cycle).
+
+Exact continuation needs the data loader's workers to be started afresh each epoch (``persistent_workers=False``,
+train.json's default): their random streams are then seeded from the restored main process streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.transforms import Randomizable
+
+__all__ = ["STATE_PREFIX", "ResumeTraining", "SaveTrainingState", "TrainingProgress", "latest_training_state"]
+
+logger = logging.getLogger(__name__)
+
+STATE_PREFIX = "training_state"
+_EPOCH = re.compile(r"epoch=(\d+)\.pt$")
+
+
+def latest_training_state(ckpt_dir: str | Path, prefix: str = STATE_PREFIX) -> Path | None:
+    """The training state file of the latest epoch in ``ckpt_dir``, or None."""
+    found = []
+    for path in Path(ckpt_dir).glob(f"{prefix}_*.pt"):
+        match = _EPOCH.search(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def _randomizables(obj: Any, seen: set[int] | None = None) -> Iterator[Randomizable]:
+    """Every ``Randomizable`` reachable from ``obj`` through attributes, lists and dicts, in a fixed order."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, torch.Tensor, np.ndarray)):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Randomizable):
+        yield obj
+    if isinstance(obj, (list, tuple)):
+        children: list[Any] = list(obj)
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        children = [v for k, v in vars(obj).items() if not k.startswith("__")]
+    else:
+        return
+    for child in children:
+        yield from _randomizables(child, seen)
+
+
+def _numpy_state(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+
+
+def _numpy_restore(state: Mapping[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]
+
+
+class TrainingProgress:
+    """What a resumed run needs besides the network, optimiser, scheduler and trainer (a ``state_dict`` object).
+
+    Args:
+        dataset: the training dataset; the random state of every randomizable transform in it is kept.
+        validator: the evaluator of ``ValidationHandler``; its best metric and epoch are kept.
+        best_checkpoint: the ``CheckpointSaver`` that writes the best model; its record of the best score is kept, so
+            a resumed run replaces ``model.pt`` only with a better model, as the uninterrupted run would.
+
+    All states are tensors and numbers, so the file loads with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, dataset: Any = None, validator: Engine | None = None, best_checkpoint: Any = None) -> None:
+        self.dataset = dataset
+        self.validator = validator
+        self.best_checkpoint = best_checkpoint
+
+    def _best_record(self) -> Any:
+        return getattr(self.best_checkpoint, "_key_metric_checkpoint", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        version, mt_state, gauss = random.getstate()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state(np.random.get_state()),
+            "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64),
+                       "gauss": float("nan") if gauss is None else float(gauss)},  # fmt: skip
+            "transforms": [_numpy_state(r.R.get_state()) for r in _randomizables(self.dataset)],
+        }
+        if self.validator is not None:
+            state["best_metric"] = float(self.validator.state.best_metric)
+            state["best_metric_epoch"] = int(self.validator.state.best_metric_epoch)
+        record = self._best_record()
+        if record is not None:
+            state["best_saved"] = [
+                {"priority": float(item.priority), "filename": item.filename} for item in record._saved
+            ]
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(_numpy_restore(state["numpy"]))
+        python = state["python"]
+        gauss = None if np.isnan(python["gauss"]) else python["gauss"]
+        random.setstate((python["version"], tuple(int(v) for v in python["state"]), gauss))
+        transforms = list(_randomizables(self.dataset))
+        if len(transforms) != len(state["transforms"]):
+            raise ValueError(
+                f"the training state holds {len(state['transforms'])} random transform states but the training "
+                f"dataset has {len(transforms)} randomizable transforms: resume with the configuration it was saved "
+                "with."
+            )
+        for transform, saved in zip(transforms, state["transforms"], strict=True):
+            transform.R.set_state(_numpy_restore(saved))
+        if self.validator is not None and "best_metric" in state:
+            self.validator.state.best_metric = state["best_metric"]
+            self.validator.state.best_metric_epoch = state["best_metric_epoch"]
+        record = self._best_record()
+        if record is not None and "best_saved" in state:
+            record.load_state_dict({"_saved": [(s["priority"], s["filename"]) for s in state["best_saved"]]})
+
+
+class _TrainingState:
+    """The objects of a training state file; ``trainer`` is the engine the handler is attached to."""
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        dataset: Any = None,
+        validator: Engine | None = None,
+        best_checkpoint: Any = None,
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.objects: dict[str, Any] = {"model": network, "optimizer": optimizer}
+        if lr_scheduler is not None:
+            self.objects["lr_scheduler"] = lr_scheduler
+        self.objects["progress"] = TrainingProgress(dataset, validator, best_checkpoint)
+
+    def objects_for(self, engine: Engine) -> dict[str, Any]:
+        return {**self.objects, "trainer": engine}
+
+
+class SaveTrainingState(_TrainingState):
+    """Save the training state every ``interval`` epochs (MONAI ``CheckpointSaver``; only the newest file is kept).
+
+    Args:
+        ckpt_dir: where ``training_state_checkpoint_epoch=<n>.pt`` is written.
+        network, optimizer, lr_scheduler: the trained objects (the scheduler may be None).
+        dataset, validator, best_checkpoint: see :class:`TrainingProgress`.
+        interval: epochs between saves (1: every epoch).
+
+    Attach it after the validation handler, so the saved state includes that epoch's validation.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, *args: Any, interval: int = 1, **kwargs: Any) -> None:
+        super().__init__(ckpt_dir, *args, **kwargs)
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1 epoch, got {interval}.")
+        self.interval = interval
+
+    def attach(self, engine: Engine) -> None:
+        CheckpointSaver(
+            save_dir=str(self.ckpt_dir),
+            save_dict=self.objects_for(engine),
+            file_prefix=STATE_PREFIX,
+            epoch_level=True,
+            save_interval=self.interval,
+            n_saved=1,
+        ).attach(engine)
+
+
+class ResumeTraining(_TrainingState):
+    """Restore the latest training state of ``ckpt_dir`` before the first iteration (MONAI ``CheckpointLoader``).
+
+    Takes the arguments of :class:`SaveTrainingState` (without ``interval``) plus ``map_location``. Raises
+    ``FileNotFoundError`` naming ``ckpt_dir`` when there is nothing to resume. The run then continues at the epoch after
+    the saved one and stops at the configured number of epochs.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, *args: Any, map_location: Any = None, **kwargs: Any) -> None:
+        super().__init__(ckpt_dir, *args, **kwargs)
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        path = latest_training_state(self.ckpt_dir)
+        if path is None:
+            raise FileNotFoundError(
+                f"resume: no training state ({STATE_PREFIX}_*.pt) in {self.ckpt_dir}; it is written at the end of "
+                "every epoch of a run with the same --ckpt_dir. Start without --resume to train from the beginning."
+            )
+        logger.info("resuming training from %s", path)
+        objects = self.objects_for(engine)
+        CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location).attach(engine)

@@ -1,0 +1,245 @@
+"""Test-set evaluation (method.md section 6): per-volume, per-class Dice and HD95 for FTN and FTN + STN.
+
+The unit is one 3D volume (patient x frame). Each volume goes through the bundle's validation preprocessing (volume
+normalisation, in-plane resampling, centre crop or pad to ``roi_size``; no per-slice renormalisation), is predicted
+slice by slice by the bundle's ``CooperativeEvaluator`` (one FTN pass gives FTN(x) and STN(FTN(x))), argmax, no
+post-processing. Metrics (:mod:`scripts.evaluation.metrics`) are computed on that grid, with the volume's voxel
+spacing (in-plane after resampling, the original slice spacing).
+
+``evaluate.json`` wires :class:`TestSetEvaluation` to the training config; :mod:`scripts.evaluation.report` writes the
+CSV, the markdown tables and the box plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from monai.data.utils import affine_to_spacing
+
+from ..data.datalist import DatasetError, ensure_synthetic_dataset, load_datalist
+from ..weights import load_weights, require_weights
+from .metrics import volume_metrics
+
+__all__ = [
+    "OUTPUTS",
+    "TestSetEvaluation",
+    "VolumeMetricsCollector",
+    "resolve_test_sets",
+]
+
+logger = logging.getLogger(__name__)
+
+# evaluator output key -> the name used in tables: FTN + STN (the paper's final prediction) and FTN alone
+OUTPUTS = {"pred": "ftn_stn", "pred_ftn": "ftn"}
+
+
+def _spacing(tensor: Any, spatial_dims: int) -> tuple[float, ...]:
+    affine = getattr(tensor, "affine", None)
+    if affine is None:
+        raise ValueError("the label has no affine (a MONAI MetaTensor from LoadImaged is expected).")
+    return tuple(float(v) for v in affine_to_spacing(torch.as_tensor(affine), r=spatial_dims))
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return None
+
+
+class VolumeMetricsCollector:
+    """Evaluator handler: one row per volume and output (FTN + STN, FTN) with per-class Dice and HD95 in mm.
+
+    Reads the decollated ``engine.state.output`` (one-hot ``pred``, ``pred_ftn`` and ``label``, ``K, H, W, D``) and
+    ``engine.state.batch`` (the datalist entry's own fields such as ``subject``, ``frame``, ``vendor``).
+    """
+
+    def __init__(self, test_set: str, empty_dice: float = 0.0) -> None:
+        self.test_set = test_set
+        self.empty_dice = empty_dice
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for item, source in zip(outputs, batch, strict=True):
+            label = item["label"]
+            spatial_dims = label.ndim - 1
+            spacing = _spacing(source.get("label", label), spatial_dims)
+            meta = getattr(source.get("image"), "meta", {}) or {}
+            info = {k: _scalar(v) for k, v in source.items() if k not in ("image", "label") and _scalar(v) is not None}
+            base = {
+                "test_set": self.test_set,
+                **info,
+                "image": str(meta.get("filename_or_obj", "")),
+                "spacing_mm": "x".join(f"{s:.4g}" for s in spacing),
+            }
+            for key, output in OUTPUTS.items():
+                metrics = volume_metrics(item[key], label, spacing, empty_dice=self.empty_dice)
+                self.rows.append({**base, "output": output, **metrics})
+
+
+def _parse_spec(name: str, spec: Any) -> tuple[Path, str, Path]:
+    if isinstance(spec, (str, Path)):
+        # MONAI's config parser rewrites '#' inside values to its legacy separator '::'; accept both
+        text = str(spec).replace("::", "#")
+        path, _, key = text.rpartition("#") if "#" in text else (text, "", "")
+        return Path(path), key or "test", Path(path).parent
+    if isinstance(spec, Mapping) and "datalist" in spec:
+        path = Path(spec["datalist"])
+        return path, str(spec.get("key", "test")), Path(spec.get("base_dir") or path.parent)
+    raise DatasetError(
+        f"test set {name!r}: expected 'datalist.json' or 'datalist.json#key' or {{'datalist': ..., 'key': ..., "
+        f"'base_dir': ...}}, got {spec!r}."
+    )
+
+
+def resolve_test_sets(
+    test_sets: Mapping[str, Any] | None = None,
+    dataset_dir: str | None = None,
+    datalist_file: str | None = None,
+    synthetic_cache_dir: str | None = None,
+    synthetic_seed: int = 0,
+    synthetic_split: dict[str, int] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """``{name: entries with absolute paths}`` for every named test set.
+
+    ``test_sets`` maps a name to ``"<datalist.json>"`` (its ``test`` list), ``"<datalist.json>#<key>"`` or
+    ``{"datalist": ..., "key": ..., "base_dir": ...}``; relative image paths are resolved against ``base_dir``
+    (default: the datalist's folder). With no test sets, the ``test`` list of the training dataset is used
+    (``dataset_dir`` + ``datalist_file``), or the synthetic phantom's test split when no dataset is configured.
+    """
+    if test_sets:
+        resolved = {}
+        for name, spec in test_sets.items():
+            path, key, base = _parse_spec(name, spec)
+            if not path.is_file():
+                raise DatasetError(f"test set {name!r}: datalist {path} not found.")
+            resolved[str(name)] = load_datalist(path, key, base)
+        return resolved
+    if not dataset_dir:
+        dataset_dir = str(ensure_synthetic_dataset(synthetic_cache_dir, synthetic_seed, synthetic_split))
+        datalist_file = None
+    root = Path(dataset_dir)
+    path = Path(datalist_file) if datalist_file else root / "datalist.json"
+    if not path.is_file():
+        raise DatasetError(f"no datalist at {path}; pass --test_sets \"{{'name': '<datalist.json>#<key>'}}\".")
+    content = json.loads(path.read_text())
+    if not content.get("test"):
+        raise DatasetError(f"datalist {path} has no 'test' list; pass --test_sets to name the test data.")
+    return {"test": load_datalist(path, "test", root)}
+
+
+class TestSetEvaluation:
+    """Evaluate one trained network on named test sets and write the per-volume CSV, tables and box plots.
+
+    Args:
+        network: the bundle's ``network`` (``CoopSegNet``), on ``device``.
+        test_sets: ``{name: entries}`` from :func:`resolve_test_sets`.
+        preprocessing: volume transform (the bundle's ``validate#preprocessing``).
+        inferer: the bundle's ``validate#inferer`` (``SliceInferer``).
+        postprocessing: the bundle's ``validate#postprocessing`` (softmax, argmax, one-hot of pred, pred_ftn, label).
+        output_dir: where ``volumes.csv``, ``results.md``, ``summary.json`` and the box plots go.
+        ckpt_path: checkpoint to load first (None: use the network as it is).
+        device: torch device.
+        model_name: the row name in the tables.
+        amp: autocast on CUDA.
+        empty_dice: Dice when a class is absent from both prediction and label (reference: 0).
+        num_workers: data loader workers.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        test_sets: Mapping[str, Sequence[dict[str, Any]]],
+        preprocessing: Callable,
+        inferer: Any,
+        postprocessing: Callable,
+        output_dir: str | Path,
+        ckpt_path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        model_name: str = "CoopSeg",
+        amp: bool = False,
+        empty_dice: float = 0.0,
+        num_workers: int = 0,
+    ) -> None:
+        if not test_sets:
+            raise ValueError("no test sets to evaluate.")
+        self.network = network
+        self.test_sets = dict(test_sets)
+        self.preprocessing = preprocessing
+        self.inferer = inferer
+        self.postprocessing = postprocessing
+        self.output_dir = Path(output_dir)
+        self.ckpt_path = ckpt_path
+        self.device = torch.device(device)
+        self.model_name = model_name
+        self.amp = amp
+        self.empty_dice = empty_dice
+        self.num_workers = num_workers
+
+    def evaluate_set(self, name: str, entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-volume rows of one test set."""
+        from ignite.contrib.handlers import ProgressBar
+
+        from ..engine.evaluator import CooperativeEvaluator
+
+        loader = DataLoader(
+            Dataset(list(entries), transform=self.preprocessing),
+            batch_size=1,
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+        collector = VolumeMetricsCollector(name, empty_dice=self.empty_dice)
+        evaluator = CooperativeEvaluator(
+            device=self.device,
+            val_data_loader=loader,
+            network=self.network,
+            inferer=self.inferer,
+            postprocessing=self.postprocessing,
+            val_handlers=[collector],
+            amp=self.amp,
+        )
+        ProgressBar(desc=name, persist=False).attach(evaluator)
+        evaluator.run()
+        return collector.rows
+
+    def run(self) -> list[dict[str, Any]]:
+        """Evaluate every test set, write the outputs into ``output_dir`` and return all rows."""
+        from .report import write_evaluation_report
+
+        if self.ckpt_path:
+            load_weights(self.network, require_weights(self.ckpt_path, option="--ckpt_path"), self.device)
+        self.network.eval()
+        rows: list[dict[str, Any]] = []
+        for name, entries in self.test_sets.items():
+            set_rows = self.evaluate_set(name, entries)
+            ftn_stn = [r["dice_mean"] for r in set_rows if r["output"] == "ftn_stn"]
+            ftn = [r["dice_mean"] for r in set_rows if r["output"] == "ftn"]
+            logger.info(
+                "%s: %d volumes, mean Dice FTN+STN %.4f, FTN %.4f",
+                name,
+                len(ftn_stn),
+                float(np.mean(ftn_stn)),
+                float(np.mean(ftn)),
+            )
+            rows += [{"model": self.model_name, **r} for r in set_rows]
+        written = write_evaluation_report(rows, self.output_dir, list(self.test_sets))
+        logger.info("evaluation written to %s", ", ".join(str(p) for p in written))
+        return rows

@@ -1,0 +1,355 @@
+"""The MONAI Label app end to end: a real server on 127.0.0.1, driven as the 3D Slicer plugin drives it.
+
+The server is a subprocess (``python -m monailabel.main start_server``) on a free port, polled until ready and
+stopped by its PID. It serves a temporary copy of the app and of the bundle (fresh weights), over a studies folder of
+four small phantom volumes; calls go through MONAI Label's own Python client (``monailabel.client``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from helpers import make_bundle_copy, phantom_volume, write_nifti
+
+pytestmark = pytest.mark.slow
+
+APP_DIR = REPO_ROOT / "apps" / "coopseg_label"
+N_IMAGES = 4
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): md5(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_app(target: Path) -> Path:
+    shutil.copytree(APP_DIR, target, ignore=shutil.ignore_patterns("model", "logs", "bin", "__pycache__"))
+    return target
+
+
+def small_training(bundle: Path) -> None:
+    """Test-sized training in the bundle copy: 48 x 48 crops, batch 4, no loader worker (code paths unchanged)."""
+    config_path = bundle / "configs" / "train.json"
+    config = json.loads(config_path.read_text())
+    config.update(crop_size=48, batch_size=4, num_workers=0)
+    config_path.write_text(json.dumps(config, indent=1))
+
+
+class Server:
+    """``python -m monailabel.main start_server`` as a subprocess; ``url`` once ready; ``stop()`` by PID."""
+
+    def __init__(self, app: Path, studies: Path, conf: dict[str, str], log: Path, host_args=("-i", "127.0.0.1")):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        args = [
+            sys.executable,
+            "-m",
+            "monailabel.main",
+            "start_server",
+            "--app",
+            str(app),
+            "--studies",
+            str(studies),
+            *host_args,
+            "-p",
+            str(self.port),
+        ]
+        for key, value in conf.items():
+            args += ["--conf", key, value]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("MONAI_LABEL_")}
+        env["OMP_NUM_THREADS"] = "1"  # 2 shared cores: server, training subprocess and pytest must not oversubscribe
+        self.log_file = open(log, "w")
+        self.process = subprocess.Popen(
+            args,
+            cwd=str(studies.parent),
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/info/", timeout=10).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and httpx.get(f"{self.url}/info/", timeout=30).status_code == 200
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the server and any training subprocess it started
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        self.log_file.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A bundle copy, an app copy, a studies folder with four phantom volumes, their labels aside, and the server."""
+    root = tmp_path_factory.mktemp("label_app")
+    bundle = make_bundle_copy(root)
+    small_training(bundle)
+    app = copy_app(root / "app")
+    studies = root / "studies"
+    labels = root / "labels"
+    studies.mkdir()
+    labels.mkdir()
+    for i in range(N_IMAGES):
+        image, label, affine = phantom_volume(seed=40 + i)
+        write_nifti(studies / f"case{i}.nii.gz", image, affine)
+        write_nifti(labels / f"case{i}.nii.gz", label, affine)
+    bundle_before = tree_digest(bundle)
+    model_dir = root / "app_models"
+    server = Server(app, studies, {"bundle_path": str(bundle), "model_dir": str(model_dir)}, root / "server.log")
+    try:
+        server.wait_ready()
+        yield {
+            "root": root,
+            "bundle": bundle,
+            "app": app,
+            "studies": studies,
+            "labels": labels,
+            "server": server,
+            "live": model_dir / "coopseg" / "models" / "model.pt",
+            "bundle_before": bundle_before,
+        }
+    finally:
+        server.stop()
+
+
+def client(site: dict, tmp: Path):
+    from monailabel.client import MONAILabelClient
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    return MONAILabelClient(site["server"].url, tmpdir=str(tmp))
+
+
+def check_label(path: str, image: Path) -> np.ndarray:
+    """The returned label has the image's shape and affine and only the codes 0-3."""
+    label, source = nib.load(path), nib.load(image)
+    assert label.shape == source.shape
+    np.testing.assert_allclose(label.affine, source.affine, atol=1e-4)
+    values = np.asarray(label.dataobj)
+    assert set(np.unique(values).tolist()) <= {0, 1, 2, 3}
+    return values
+
+
+def test_server_listens_on_loopback_only(site: dict) -> None:
+    import psutil
+
+    listening = [
+        c
+        for c in psutil.Process(site["server"].process.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}
+
+
+def test_slicer_session(site: dict, tmp_path: Path) -> None:
+    """/info/, datastore, active learning, infer, submit labels, train, poll, infer again with the new weights."""
+    c = client(site, tmp_path)
+    studies = site["studies"]
+    # 1. /info/
+    info = c.info()
+    assert info["labels"] == ["lv", "myocardium", "rv"]
+    assert set(info["models"]) == {"coopseg", "coopseg_fast"}
+    for model in info["models"].values():
+        assert model["labels"] == {"lv": 1, "myocardium": 2, "rv": 3} and model["type"] == "segmentation"
+    assert set(info["trainers"]) == {"coopseg"} and "run_id" not in info["trainers"]["coopseg"]["config"]
+    assert set(info["strategies"]) == {"disagreement", "random", "first"}
+    assert info["weights"]["available"] is True
+    # 2. datastore listing
+    listing = c.datastore()
+    assert sorted(listing["objects"]) == [f"case{i}" for i in range(N_IMAGES)]
+    # 3. active learning
+    assert c.next_sample("first", {})["id"] == "case0"
+    assert c.next_sample("random", {})["id"] in listing["objects"]
+    chosen = c.next_sample("disagreement", {})
+    assert chosen["id"] in listing["objects"] and 0.0 < chosen["disagreement"] <= 1.0
+    by_entropy = c.next_sample("disagreement", {"metric": "entropy"})
+    assert 0.0 < by_entropy["entropy"] <= 1.0
+    # 4. /infer/coopseg?image=... (and the FTN-only model)
+    first_file, params = c.infer("coopseg", "case0", {})
+    assert params["label_names"] == {"lv": 1, "myocardium": 2, "rv": 3}
+    first = check_label(first_file, studies / "case0.nii.gz")
+    fast_file, _ = c.infer("coopseg_fast", "case0", {})
+    fast = check_label(fast_file, studies / "case0.nii.gz")
+    assert (first != fast).any(), "FTN-only and FTN + STN gave identical masks"
+    # 5. PUT /datastore/label, as Slicer sends it
+    label_info = {"label_info": [{"name": "lv", "idx": 1}, {"name": "myocardium", "idx": 2}, {"name": "rv", "idx": 3}]}
+    for i in (0, 1):
+        saved = c.save_label(f"case{i}", str(site["labels"] / f"case{i}.nii.gz"), tag="final", params=label_info)
+        assert saved["label"] == f"case{i}"
+    assert md5(studies / "labels" / "final" / "case0.nii.gz") == md5(site["labels"] / "case0.nii.gz")
+    # 6. POST /train/coopseg with Slicer's options (run_id "" included), then GET /train/ until done
+    live, before_hash = site["live"], md5(site["live"])
+    before_state = torch.load(live, weights_only=True)
+    c.train_start("coopseg", {"device": "cpu", "pretrained": True, "max_epochs": 1, "val_split": 0.2, "run_id": ""})
+    deadline, status = time.time() + 900, {}
+    while time.time() < deadline:
+        status = c.train_status()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            break
+        time.sleep(2)
+    assert status.get("status") == "DONE", f"training ended {status.get('status')}: {status.get('details')}"
+    # 7. new weights, warm-started from the old ones (both networks), the source bundle untouched
+    assert md5(live) != before_hash
+    after_state = torch.load(live, weights_only=True)
+    for part in ("image_encoder", "segmentation_decoder", "shape_encoder", "shape_decoder"):
+        keys = [k for k in before_state if k.startswith(f"{part}.") and before_state[k].ndim == 4]  # conv weights
+        change = np.mean([float((after_state[k] - before_state[k]).norm() / before_state[k].norm()) for k in keys])
+        assert 0 < change < 0.3, f"{part}: relative change {change:.3f} (not warm-started, or not trained)"
+    assert tree_digest(site["bundle"]) == site["bundle_before"], "training wrote into the source bundle"
+    assert "fine-tuned" in c.info()["weights"]["message"]
+    # 8. the second inference uses the new weights
+    second_file, _ = c.infer("coopseg", "case0", {})
+    second = check_label(second_file, studies / "case0.nii.gz")
+    assert (second != first).any(), "the second inference did not change: new weights not live"
+    # the app wrote only into git-ignored folders of its own directory
+    ignored = set((APP_DIR / ".gitignore").read_text().split())
+    new = {
+        p.relative_to(site["app"]).parts[0] + "/"
+        for p in site["app"].rglob("*")
+        if p.relative_to(site["app"]).parts[0] not in {q.name for q in APP_DIR.iterdir()}
+    }
+    assert new <= ignored, f"the app wrote outside its ignored folders: {new - ignored}"
+
+
+def _expect_error(call, status: int, *needles: str) -> str:
+    from monailabel.client.client import MONAILabelClientException
+
+    with pytest.raises(MONAILabelClientException) as err:
+        call()
+    assert f"Status: {status}" in err.value.msg, err.value.msg
+    for needle in needles:
+        assert needle in err.value.msg, err.value.msg
+    return err.value.msg
+
+
+def test_bad_inputs_are_refused_and_nothing_is_lost(site: dict, tmp_path: Path) -> None:
+    c = client(site, tmp_path / "client")
+    studies, server = site["studies"], site["server"]
+    c.save_label("case2", str(site["labels"] / "case2.nii.gz"), tag="final", params={})
+    final = studies / "labels" / "final"
+    kept = {p.name: md5(p) for p in final.iterdir()}
+    image, label, affine = phantom_volume(seed=60)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.txt").write_text("not an image\n")
+    good = write_nifti(bad / "good.nii.gz", image, affine)
+    (bad / "truncated.nii.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    write_nifti(bad / "flat.nii.gz", image[:, :, 0], affine)
+    write_nifti(bad / "nan.nii.gz", np.full_like(image, np.nan), affine)
+    write_nifti(bad / "wrong_shape.nii.gz", label[:-4], affine)
+
+    _expect_error(lambda: c.upload_image(str(bad / "notes.txt"), "notes"), 422, "notes", "cannot be read as an image")
+    assert server.alive()
+    _expect_error(lambda: c.upload_image(str(bad / "truncated.nii.gz"), "truncated"), 422, "truncated", "corrupt")
+    _expect_error(lambda: c.infer("coopseg", "", {}, file=str(bad / "truncated.nii.gz")), 422, "cannot be read")
+    assert server.alive()
+    _expect_error(lambda: c.upload_image(str(bad / "flat.nii.gz"), "flat"), 422, "flat", "2D image")
+    _expect_error(lambda: c.upload_image(str(bad / "nan.nii.gz"), "nan"), 422, "nan", "NaN")
+    _expect_error(lambda: c.infer("coopseg", "", {}, file=str(bad / "nan.nii.gz")), 422, "NaN")
+    assert server.alive()
+    _expect_error(lambda: c.infer("coopseg", "no_such_case", {}), 404, "no_such_case", "not in the datastore")
+    _expect_error(lambda: c.save_label("no_such_case", str(bad / "good.nii.gz")), 404, "no_such_case")
+    _expect_error(lambda: c.save_label("case2", str(bad / "wrong_shape.nii.gz")), 422, "case2", "does not match")
+    _expect_error(lambda: c.save_label("case2", str(bad / "notes.txt")), 422, "cannot be read")
+    assert server.alive()
+    # nothing was added, every earlier label is intact, and the good upload still works
+    assert sorted(c.datastore()["objects"]) == [f"case{i}" for i in range(N_IMAGES)]
+    assert {p.name: md5(p) for p in final.iterdir()} == kept
+    assert c.upload_image(str(good), "fresh")["image"] == "fresh"
+    # a corrected label replaces the earlier one, which is kept in the label history
+    original = nib.load(site["labels"] / "case2.nii.gz")
+    corrected = np.asarray(original.dataobj).copy()
+    corrected[corrected == 3] = 0
+    c.save_label("case2", str(write_nifti(bad / "case2_corrected.nii.gz", corrected, original.affine)), tag="final")
+    assert md5(final / "case2.nii.gz") != kept["case2.nii.gz"]
+    history = list((studies / ".label_history" / "final").iterdir())
+    assert [md5(p) for p in history] == [kept["case2.nii.gz"]]
+
+
+def test_default_host_is_refused(site: dict, tmp_path: Path) -> None:
+    """Without -i, MONAI Label would listen on every interface (0.0.0.0); the app refuses to start."""
+    server = Server(
+        site["app"],
+        site["studies"],
+        {"bundle_path": str(site["bundle"]), "model_dir": str(tmp_path)},
+        tmp_path / "server.log",
+        host_args=(),
+    )
+    try:
+        server.process.wait(timeout=300)
+    finally:
+        server.stop()
+    assert server.process.returncode != 0
+    assert "refusing MONAI Label's default host 0.0.0.0" in server.log_tail(200)
+
+
+def test_eight_concurrent_inferences(site: dict, tmp_path: Path) -> None:
+    results: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        try:
+            out, _ = client(site, tmp_path / f"c{i}").infer("coopseg", f"case{i % N_IMAGES}", {})
+            results[i] = check_label(out, site["studies"] / f"case{i % N_IMAGES}.nii.gz")
+        except Exception as e:  # reported below with the request's index
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    failures = {i: r for i, r in results.items() if isinstance(r, Exception)}
+    assert len(results) == 8 and not failures, failures
+    for i in range(4, 8):  # the same image gives the same mask whatever ran beside it
+        np.testing.assert_array_equal(results[i], results[i - 4])
+    assert site["server"].alive()

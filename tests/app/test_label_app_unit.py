@@ -1,0 +1,151 @@
+"""The MONAI Label app in-process (no server): no-weights statement, TorchScript weights, workspace seeding, options."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import BUNDLE_ROOT, REPO_ROOT
+from helpers import make_bundle_copy, phantom_volume, write_nifti
+from scripts.model.networks import CoopSegNet
+
+APP_DIR = REPO_ROOT / "apps" / "coopseg_label"
+
+
+@pytest.fixture
+def app_modules(monkeypatch: pytest.MonkeyPatch):
+    """Import the app's ``main`` as MONAI Label does, and restore ``sys.modules``/``sys.path`` afterwards.
+
+    MONAI Label re-imports the served bundle's ``scripts`` package; the rest of the suite keeps its own.
+    """
+    from monailabel.config import settings
+
+    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)  # no watchdog thread in pytest
+    saved_path = list(sys.path)
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("scripts", "lib", "main")}
+    sys.path.insert(0, str(APP_DIR))
+    import main
+
+    yield main
+    for key in [k for k in sys.modules if k.split(".")[0] in ("scripts", "lib", "main")]:
+        del sys.modules[key]
+    sys.modules.update(saved)
+    sys.path[:] = saved_path
+
+
+def studies_with_one_image(root: Path) -> Path:
+    studies = root / "studies"
+    studies.mkdir()
+    image, _, affine = phantom_volume(seed=70, n_slices=4)
+    write_nifti(studies / "case0.nii.gz", image, affine)
+    return studies
+
+
+def test_default_bundle_is_the_repository_bundle() -> None:
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.workspace import resolve_source_bundle
+
+        assert resolve_source_bundle({}, str(APP_DIR)) == BUNDLE_ROOT.resolve()
+        with pytest.raises(FileNotFoundError, match="bundle_path"):
+            resolve_source_bundle({"bundle_path": str(REPO_ROOT / "tests")}, str(APP_DIR))
+    finally:
+        sys.path.remove(str(APP_DIR))
+        sys.modules.pop("lib.workspace", None)
+        sys.modules.pop("lib", None)
+
+
+def test_bind_host_rules() -> None:
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.security import check_bind_host
+
+        argv = ["monailabel/main.py", "start_server", "--app", "a", "--studies", "s"]
+        with pytest.raises(RuntimeError, match="refusing MONAI Label's default host 0.0.0.0"):
+            check_bind_host(argv, auth_enabled=False)
+        check_bind_host([*argv, "-i", "127.0.0.1"], auth_enabled=False)
+        check_bind_host([*argv, "--host", "0.0.0.0"], auth_enabled=True)  # told otherwise, with authentication
+        check_bind_host(["-m", "train"], auth_enabled=False)  # the training subprocess is not a server
+    finally:
+        sys.path.remove(str(APP_DIR))
+        sys.modules.pop("lib.security", None)
+        sys.modules.pop("lib", None)
+
+
+def test_no_weights_statement_then_weights_go_live(app_modules, tmp_path: Path) -> None:
+    bundle = make_bundle_copy(tmp_path)
+    (bundle / "models" / "model.pt").unlink()
+    conf = {"bundle_path": str(bundle), "model_dir": str(tmp_path / "models")}
+    app = app_modules.CoopSegApp(str(APP_DIR), str(studies_with_one_image(tmp_path)), conf)
+    info = app.info()
+    assert info["weights"]["available"] is False
+    assert info["weights"]["message"].startswith("NO TRAINED WEIGHTS YET")
+    assert info["description"].startswith("NO TRAINED WEIGHTS YET")
+    assert info["models"] == {} and info["labels"] == ["lv", "myocardium", "rv"] and "coopseg" in info["trainers"]
+    with pytest.raises(Exception) as err:
+        app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
+    assert err.value.status_code == 503 and "NO TRAINED WEIGHTS" in err.value.detail
+    # weights appearing in the app's models folder (as after training from scratch) go live without a restart
+    torch.save(CoopSegNet().state_dict(), app.workspace.models / "model.pt")
+    assert set(app.info()["models"]) == {"coopseg", "coopseg_fast"}
+    result = app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
+    assert nib.load(result["label"]).shape == nib.load(tmp_path / "studies" / "case0.nii.gz").shape
+
+
+def test_torchscript_weights_serve_when_model_pt_is_absent(app_modules, tmp_path: Path) -> None:
+    bundle = make_bundle_copy(tmp_path, torchscript=True)
+    conf = {"bundle_path": str(bundle), "model_dir": str(tmp_path / "models")}
+    app = app_modules.CoopSegApp(str(APP_DIR), str(studies_with_one_image(tmp_path)), conf)
+    assert app.info()["weights"]["file"].endswith("model.ts")
+    outputs = {}
+    for model in ("coopseg", "coopseg_fast"):
+        result = app.infer({"model": model, "image": "case0", "device": "cpu"})
+        label, source = nib.load(result["label"]), nib.load(tmp_path / "studies" / "case0.nii.gz")
+        assert label.shape == source.shape
+        np.testing.assert_allclose(label.affine, source.affine, atol=1e-4)
+        outputs[model] = np.asarray(label.dataobj)
+        assert set(np.unique(outputs[model]).tolist()) <= {0, 1, 2, 3}
+    task = app._infers["coopseg"]
+    assert task.network is None and task.path == [str(app.workspace.models / "model.ts")]  # TorchScript, not eager
+    # the same weights as a state dict give the same mask
+    eager = make_bundle_copy(tmp_path / "eager", seed=0)
+    app_pt = app_modules.CoopSegApp(
+        str(APP_DIR), str(tmp_path / "studies"), {"bundle_path": str(eager), "model_dir": str(tmp_path / "m2")}
+    )
+    pt = np.asarray(nib.load(app_pt.infer({"model": "coopseg", "image": "case0", "device": "cpu"})["label"]).dataobj)
+    assert (pt == outputs["coopseg"]).mean() > 0.999
+
+
+def test_workspace_follows_new_bundle_weights_and_keeps_the_old(tmp_path: Path) -> None:
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.workspace import Workspace
+
+        bundle = make_bundle_copy(tmp_path, seed=1)
+        ws = Workspace(bundle, tmp_path / "models").prepare()
+        digest = lambda p: hashlib.md5(Path(p).read_bytes()).hexdigest()  # noqa: E731
+        assert (ws.path / "scripts").resolve() == (bundle / "scripts").resolve()
+        for config in (bundle / "configs").iterdir():
+            assert (ws.path / "configs" / config.name).resolve() == config.resolve()
+        (ws.path / "configs" / "monailabel_train.json").write_text("{}")  # as MONAI Label's multi-GPU path does
+        assert not (bundle / "configs" / "monailabel_train.json").exists()
+        assert digest(ws.weights()) == digest(bundle / "models" / "model.pt")
+        fine_tuned = ws.models / "model.pt"
+        torch.save(CoopSegNet().state_dict(), fine_tuned)  # as training writes it
+        tuned = digest(fine_tuned)
+        ws.prepare()  # restart, bundle unchanged: the fine-tuned weights stay live
+        assert digest(ws.weights()) == tuned
+        torch.save(CoopSegNet().state_dict(), bundle / "models" / "model.pt")  # the bundle is retrained
+        ws.prepare()
+        assert digest(ws.weights()) == digest(bundle / "models" / "model.pt")
+        assert [digest(p) for p in (ws.models / "backup").rglob("model.pt")] == [tuned]
+    finally:
+        sys.path.remove(str(APP_DIR))
+        for key in [k for k in sys.modules if k == "lib" or k.startswith("lib.")]:
+            del sys.modules[key]
