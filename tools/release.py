@@ -2,7 +2,7 @@
 
 Package (from ``bundle/``, after training)::
 
-    python -m scripts.release package --out_dir ../dist \\
+    python -m tools.release package --out_dir ../dist \\
         --url_base https://github.com/<owner>/<repo>/releases/download/<name>-v<version>
 
 writes ``<out_dir>/<name>_v<version>.zip`` (top folder ``<name>/``: ``configs/``, ``scripts/``, ``docs/``, ``LICENSE``,
@@ -14,11 +14,11 @@ Upload the archive, ``models/model.pt`` and ``models/model.ts`` to ``url_base``.
 Refusals (:class:`ReleaseError`, nothing written): no ``models/model.pt``, or one that does not load into
 ``network_def``; a ``version`` that is not the newest ``changelog`` entry (bump both first); a version already released
 (not newer than the ``version`` recorded in ``large_files.yml``, or an archive of that name exists); any failing
-model-zoo check (:mod:`scripts.zoo_checks`) on the staged bundle.
+model-zoo check (:mod:`tools.zoo_checks`) on the staged bundle.
 
 Verify a downloaded bundle (before loading it)::
 
-    python -m scripts.release verify <bundle_dir>/<name>     # or: cd <name> && sha256sum -c checksums.sha256
+    python -m tools.release verify <bundle_dir>/<name>     # or: cd <name> && sha256sum -c checksums.sha256
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _write_large_files(path: Path, version: str, entries: list[dict[str, str]]) 
 
     header = (
         "# Weights of the released bundle (never in git), for `python -m monai.bundle download_large_files`.\n"
-        "# Written by `python -m scripts.release package`; `version` is the last released bundle version.\n"
+        "# Written by `python -m tools.release package`; `version` is the last released bundle version.\n"
     )
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(header + yaml.safe_dump({"version": version, "large_files": entries}, sort_keys=False))
@@ -252,7 +252,7 @@ def package(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.release", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.release", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pack = sub.add_parser("package", help="build <name>_v<version>.zip from a trained bundle")
     pack.add_argument("--bundle_root", default=str(Path(__file__).resolve().parent.parent), help="default: this bundle")

@@ -2,7 +2,7 @@
 
 Usage (prints one line per check, exits 1 if any fails)::
 
-    python -m scripts.zoo_checks <bundle_dir>            # e.g. bundle/, or an extracted release archive
+    python -m tools.zoo_checks <bundle_dir>            # e.g. bundle/, or an extracted release archive
 
 Checks, in the zoo's order:
 

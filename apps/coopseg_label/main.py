@@ -6,11 +6,13 @@ Start (offline; binds 127.0.0.1 unless told otherwise):
 
 Options (``--conf key value``): ``bundle_path`` (default ``$COOPSEG_BUNDLE`` or the repository's ``bundle/``),
 ``model_dir`` (where the app keeps its working bundle and retrained weights; default ``$COOPSEG_MODEL_DIR`` or
-``<app>/model``, git-ignored), ``preload`` (``true`` loads the networks at start).
+``<app>/model``, git-ignored), ``preload`` (``true`` loads the networks at start), ``skip_trainers``,
+``skip_strategies`` and ``skip_scoring`` (``true`` for an inference-only deployment), ``lease_minutes`` (how long
+the ``disagreement`` strategy keeps an image it handed out from being handed out again; default 60).
 
-Everything runs through the bundle: ``configs/inference.json`` for inference (``lib/infers``), ``configs/train.json``
-and ``scripts.trainer.CooperativeTrainer`` for training (``lib/trainers``), ``scripts.infer_inputs`` for checking
-uploads (``lib/datastore``).
+Everything runs through the bundle: ``configs/inference.json`` for inference (``lib/infers``),
+``configs/train.json`` and ``scripts.engine.trainer.CooperativeTrainer`` for training (``lib/trainers``),
+``scripts.volumes`` for checking uploads (``lib/datastore``), ``scripts.weights`` for the live weights.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lib.activelearning import Disagreement
 from lib.datastore import CoopSegDatastore, check_image_file
 from lib.errors import http_error
 from lib.infers import CoopSegInferTask
+from lib.scoring import DisagreementScoring
 from lib.security import check_bind_host
 from lib.trainers import CoopSegTrainTask
 from lib.workspace import Workspace, resolve_model_dir, resolve_source_bundle
@@ -32,6 +35,7 @@ from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
@@ -40,6 +44,10 @@ from monailabel.tasks.activelearning.random import Random
 logger = logging.getLogger(__name__)
 
 MODELS = {"coopseg": True, "coopseg_fast": False}  # name -> STN refinement
+
+
+def _flag(conf: dict[str, str], key: str) -> bool:
+    return str(conf.get(key, "false")).lower() in ("true", "1", "yes")
 
 
 class CoopSegApp(MONAILabelApp):
@@ -81,14 +89,20 @@ class CoopSegApp(MONAILabelApp):
         return {name: CoopSegInferTask(str(self.workspace.path), self.conf, refine=r) for name, r in MODELS.items()}
 
     def init_trainers(self) -> dict[str, TrainTask]:
+        if _flag(self.conf, "skip_trainers"):
+            return {}
         return {"coopseg": CoopSegTrainTask(str(self.workspace.path), self.conf)}
 
     def init_strategies(self) -> dict[str, Strategy]:
-        return {
-            "disagreement": Disagreement(lambda: self._infer_tasks().get("coopseg")),
-            "random": Random(),
-            "first": First(),
-        }
+        if _flag(self.conf, "skip_strategies"):
+            return {}
+        lease = 60.0 * float(self.conf.get("lease_minutes", 60))
+        return {"disagreement": Disagreement(lease_seconds=lease), "random": Random(), "first": First()}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        if _flag(self.conf, "skip_scoring") or _flag(self.conf, "skip_strategies"):
+            return {}
+        return {"disagreement": DisagreementScoring(lambda: self._infer_tasks().get("coopseg"))}
 
     def _infer_tasks(self) -> dict[str, InferTask]:
         """The infer tasks, created once weights exist (e.g. after training from scratch) without a restart."""

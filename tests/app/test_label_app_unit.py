@@ -27,6 +27,7 @@ def app_modules(monkeypatch: pytest.MonkeyPatch):
     from monailabel.config import settings
 
     monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)  # no watchdog thread in pytest
+    monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)  # background scoring needs a server
     saved_path = list(sys.path)
     saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("scripts", "lib", "main")}
     sys.path.insert(0, str(APP_DIR))
@@ -149,3 +150,110 @@ def test_workspace_follows_new_bundle_weights_and_keeps_the_old(tmp_path: Path) 
         sys.path.remove(str(APP_DIR))
         for key in [k for k in sys.modules if k == "lib" or k.startswith("lib.")]:
             del sys.modules[key]
+
+
+def _app_with_images(app_modules, root: Path, n: int = 3, **conf: str):
+    bundle = make_bundle_copy(root)
+    studies = root / "studies"
+    studies.mkdir()
+    for i in range(n):
+        image, _, affine = phantom_volume(seed=80 + i, n_slices=3)
+        write_nifti(studies / f"case{i}.nii.gz", image, affine)
+    conf = {"bundle_path": str(bundle), "model_dir": str(root / "models"), **conf}
+    return app_modules.CoopSegApp(str(APP_DIR), str(studies), conf)
+
+
+def _hand_out(app, strategy: str, client_id: str) -> dict:
+    """``POST /activelearning/<strategy>`` as MONAI Label's endpoint serves it: select, then record the lease."""
+    import time
+
+    result = app.next_sample({"strategy": strategy, "client_id": client_id})
+    info = app.datastore().get_image_info(result["id"]).get("strategy", {})
+    info[strategy] = {"ts": int(time.time()), "client_id": client_id}
+    app.datastore().update_image_info(result["id"], {"strategy": info})
+    return result
+
+
+def test_disagreement_scores_live_in_the_datastore_and_the_strategy_only_reads_them(app_modules, tmp_path: Path):
+    app = _app_with_images(app_modules, tmp_path)
+    assert "disagreement" in app.info()["scoring"]
+    with pytest.raises(Exception) as err:  # before any scoring: a clear 409, not an inference in the request
+        app.next_sample({"strategy": "disagreement"})
+    assert err.value.status_code == 409 and "POST /scoring/disagreement" in err.value.detail
+
+    first = app.scoring({"method": "disagreement", "device": "cpu"})
+    assert sorted(first["scored"]) == ["case0", "case1", "case2"] and not first["failed"]
+    scores = {i: app.datastore().get_image_info(i)["coopseg_scores"] for i in first["scored"]}
+    assert all(0.0 < s["disagreement"] <= 1.0 and 0.0 < s["entropy"] <= 1.0 for s in scores.values())
+    assert app.scoring({"method": "disagreement", "device": "cpu"})["kept"] == ["case0", "case1", "case2"]
+
+    task = app._infers["coopseg"]
+    task.uncertainty_scores = lambda *a, **k: pytest.fail("the strategy ran the network")
+    ranked = sorted(scores, key=lambda i: -scores[i]["disagreement"])
+    a = _hand_out(app, "disagreement", "annotator_a")
+    b = _hand_out(app, "disagreement", "annotator_b")  # at the same time: another image
+    assert [a["id"], b["id"]] == ranked[:2] and a["disagreement"] == pytest.approx(scores[ranked[0]]["disagreement"])
+    assert _hand_out(app, "disagreement", "annotator_a")["id"] == ranked[2]  # asking again: the next one
+    assert _hand_out(app, "disagreement", "annotator_c")["reissued"] is True  # all leased: the oldest lease
+    by_entropy = app.next_sample({"strategy": "disagreement", "metric": "entropy"})
+    assert by_entropy["entropy"] == pytest.approx(scores[by_entropy["id"]]["entropy"])
+
+    # new weights (fine-tuning) make every stored score stale: scoring computes them again
+    torch.manual_seed(5)
+    torch.save(CoopSegNet().state_dict(), app.workspace.models / "model.pt")
+    del task.uncertainty_scores
+    again = app.scoring({"method": "disagreement", "device": "cpu"})
+    assert sorted(again["scored"]) == ["case0", "case1", "case2"] and again["weights"] != first["weights"]
+
+
+def test_trainer_options_extend_monai_labels_own(app_modules, tmp_path: Path) -> None:
+    app = _app_with_images(app_modules, tmp_path, n=1)
+    config = app.info()["trainers"]["coopseg"]["config"]
+    assert {"device", "pretrained", "max_epochs", "val_split", "multi_gpu", "gpus", "tracking", "tracking_uri"} <= set(
+        config
+    )
+    assert config["max_epochs"] == 10
+
+
+def test_inference_only_deployment(app_modules, tmp_path: Path) -> None:
+    app = _app_with_images(
+        app_modules, tmp_path, n=1, skip_trainers="true", skip_strategies="true", skip_scoring="true"
+    )
+    info = app.info()
+    assert info["trainers"] == {} and info["strategies"] == {} and info["scoring"] == {}
+    assert set(info["models"]) == {"coopseg", "coopseg_fast"}
+    result = app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
+    assert nib.load(result["label"]).shape == nib.load(tmp_path / "studies" / "case0.nii.gz").shape
+
+
+def test_training_is_tracked_in_a_local_mlflow_store(app_modules, tmp_path: Path) -> None:
+    import json
+
+    import mlflow
+
+    app = _app_with_images(app_modules, tmp_path, n=2)
+    train_json = app.workspace.source / "configs" / "train.json"
+    config = json.loads(train_json.read_text())
+    config.update(crop_size=32, batch_size=2, num_workers=0, width=16)
+    train_json.write_text(json.dumps(config))
+    for i in range(2):
+        _, label, affine = phantom_volume(seed=80 + i, n_slices=3)
+        app.datastore().save_label(f"case{i}", str(write_nifti(tmp_path / f"l{i}.nii.gz", label, affine)), "final", {})
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"  # a local file (MLflow 3 dropped its plain-folder store)
+    app.train(
+        {
+            "model": "coopseg",
+            "device": "cpu",
+            "max_epochs": 1,
+            "val_split": 0.5,
+            "tracking": "mlflow",
+            "tracking_uri": store,
+            "tracking_experiment_name": "coopseg_test",
+            "multi_gpu": False,
+        }
+    )
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("coopseg_test")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert {"train_loss", "train_hard_seg"} <= set(run.data.metrics)

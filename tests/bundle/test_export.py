@@ -48,7 +48,7 @@ def test_ckpt_export_cli_ftn_stn(weights: tuple[Path, CoopSegNet], tmp_path: Pat
     assert result.returncode == 0, result.stderr[-3000:]
     scripted, meta, extra = load_net_with_metadata(str(ts), more_extra_files=("inference.json",))
     assert meta["version"] == json.loads(META.read_text())["version"]
-    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.networks.CoopSegNet"
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.model.networks.CoopSegNet"
     x = _x(2, 1, 48, 80)
     with torch.no_grad():
         torch.testing.assert_close(scripted.eval()(x), net(x), rtol=1e-4, atol=1e-5)

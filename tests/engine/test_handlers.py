@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import decollate_batch
 
 from scripts.engine.handlers import CheckpointBackup, hard_example_grid
 from scripts.labels import color_table
@@ -35,7 +36,7 @@ def test_hard_example_grid_layout() -> None:
         "hard_seg_logits": torch.zeros(3, 4, 8, 8),
     }
     output["pred"][:, 1] = 1.0
-    grid = hard_example_grid(output, max_rows=2)
+    grid = hard_example_grid(decollate_batch(output), max_rows=2)
     assert grid.shape == (16, 40, 3) and grid.dtype == np.uint8
     assert (grid[0, 8] == 255).all() and (grid[0, 0] == 0).all()
     assert (grid[0, 16] == color_table()[2]).all() and (grid[0, 24] == color_table()[1]).all()

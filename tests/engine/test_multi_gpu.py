@@ -116,23 +116,29 @@ def _compare_with_single_process(tmp_path: Path) -> None:
 
 # handlers that must run on every rank, and why; every other train.json handler must be rank-0 only
 EVERY_RANK = {
+    "scripts.engine.checkpoints.ResumeTraining": "every rank restores the same training state",
     "ValidationHandler": "MONAI's metrics all-gather across ranks, so every rank validates its share",
     "LrScheduleHandler": "every rank's optimiser must follow the schedule",
 }
 
 
-def test_multi_gpu_config_keeps_outputs_on_rank_zero() -> None:
-    """Every train/validate handler not in EVERY_RANK is disabled on ranks > 0 (drift check against train.json)."""
+def test_rank_zero_handlers_are_named_not_numbered() -> None:
+    """Handlers that write (logs, pictures, checkpoints) sit in the rank-0 lists and are disabled on other ranks by
+    name, so reordering train.json cannot move a writer onto every rank."""
     train = json.loads(TRAIN_CONFIG.read_text())
     multi = json.loads(MULTI_GPU_CONFIG.read_text())
+    assert not any("#handlers#" in key for key in multi), "multi_gpu_train.json must not address handlers by index"
     for section in ("train", "validate"):
-        for i, handler in enumerate(train[section]["handlers"]):
-            key = f"{section}#handlers#{i}#_disabled_"
-            if handler["_target_"] in EVERY_RANK:
-                assert key not in multi, EVERY_RANK[handler["_target_"]]
-            else:
-                assert multi.get(key) == "$@rank > 0", f"{handler['_target_']} ({key}) would run on every rank"
-    assert multi["train#summary_writer#_disabled_"] == "$@rank > 0"
+        assert all(h["_target_"] in EVERY_RANK for h in train[section]["handlers"]), section
+        for handler in train[section]["rank0_handlers"]:
+            if isinstance(handler, dict):
+                assert handler.get("_disabled_") == "@is_not_rank0", handler["_target_"]
+    assert train["validate"]["best_checkpoint"]["_disabled_"] == "@is_not_rank0"
+    assert "@validate#best_checkpoint" in train["validate"]["rank0_handlers"]
+    assert train["train"]["summary_writer"]["_disabled_"] == "@is_not_rank0"
+    assert train["train"]["trainer"]["train_handlers"] == "$@train#handlers + @train#rank0_handlers"
+    assert multi["train#trainer#train_handlers"] == "$@train#rank_handlers + @train#handlers + @train#rank0_handlers"
+    assert train["validate"]["evaluator"]["val_handlers"] == "$@validate#handlers + @validate#rank0_handlers"
     assert multi["train#dataloader#shuffle"] is False and multi["train#dataloader#sampler"] == "@train#sampler"
 
 

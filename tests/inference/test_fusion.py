@@ -1,4 +1,4 @@
-"""Fused inference blocks (``scripts.infer_fusion``): same function as the network, oneDNN fusion really used."""
+"""Fused inference blocks (``scripts.inference.fusion``): same function as the network, oneDNN fusion really used."""
 
 from __future__ import annotations
 

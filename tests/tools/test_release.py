@@ -23,7 +23,7 @@ import yaml
 from monai.apps.utils import HashCheckError
 from monai.bundle import download, download_large_files, load
 
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, REPO_ROOT
 from helpers import make_source_bundle
 from scripts.data.phantom import write_phantom_dataset
 from scripts.model.networks import CoopSegNet
@@ -83,9 +83,9 @@ def _download(url: str, bundle_dir: Path) -> subprocess.CompletedProcess:
 
 
 def _verify_cli(bundle: Path) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "scripts.release", "verify", str(bundle)]
-    env = {**_env(), "PYTHONPATH": str(bundle)}
-    return subprocess.run(args, cwd=bundle.parent, env=env, capture_output=True, text=True, timeout=300)
+    """The repository's release tool run on a downloaded bundle, from the repository root as documented."""
+    args = [sys.executable, "-m", "tools.release", "verify", str(bundle)]
+    return subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
 
 
 # -- packaging ---------------------------------------------------------------------------------------------------------
@@ -104,7 +104,9 @@ def test_archive_layout_checksums_and_large_files(released: dict) -> None:
             "configs/train.json",
             "configs/multi_gpu_train.json",
             "scripts/__init__.py",
-            "scripts/networks.py",
+            "scripts/model/networks.py",
+            "scripts/engine/trainer.py",
+            "scripts/inference/inferer.py",
             "docs/README.md",
             "models/model.pt",
             "models/model.ts",
@@ -113,6 +115,8 @@ def test_archive_layout_checksums_and_large_files(released: dict) -> None:
         ):
             assert f"{NAME}/{required}" in names, required  # fmt: skip
         assert not any("__pycache__" in n or n.endswith(".pyc") or "model_final" in n for n in names)
+        # only what a bundle user runs: the development tools stay in the repository
+        assert not any(n.startswith(f"{NAME}/tools/") or "release" in n or "robustness" in n for n in names), names
         listed = z.read(f"{NAME}/{CHECKSUM_FILE}").decode().splitlines()
         assert {line.split("  ", 1)[1] for line in listed} == {n[len(NAME) + 1 :] for n in names} - {CHECKSUM_FILE}
         state = torch.load(io.BytesIO(z.read(f"{NAME}/models/model.pt")), weights_only=True)
@@ -274,13 +278,12 @@ def test_checksum_mismatch_is_refused(released: dict, tmp_path: Path, capsys: py
 
 
 def test_downloaded_bundle_passes_the_model_zoo_checks(downloaded: Path) -> None:
-    """`python -m scripts.zoo_checks` (the zoo CI's checks, offline) on the bundle exactly as users receive it."""
+    """`python -m tools.zoo_checks` (the zoo CI's checks, offline) on the bundle exactly as users receive it."""
     from tools.zoo_checks import CHECKS
 
     bundle = downloaded / NAME
-    args = [sys.executable, "-m", "scripts.zoo_checks", str(bundle)]
-    env = {**_env(), "PYTHONPATH": str(bundle)}
-    result = subprocess.run(args, cwd=downloaded, env=env, capture_output=True, text=True, timeout=300)
+    args = [sys.executable, "-m", "tools.zoo_checks", str(bundle)]
+    result = subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     for name in CHECKS:
         assert f"[PASS] {name}" in result.stdout

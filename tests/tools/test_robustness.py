@@ -79,7 +79,7 @@ def test_tiny_budget_end_to_end(tmp_path: Path) -> None:
     ]
     env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.robustness", *args],
+        [sys.executable, "-m", "tools.robustness", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

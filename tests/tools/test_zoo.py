@@ -1,4 +1,4 @@
-"""The offline model-zoo checks (scripts.zoo_checks): each one fails on the defect it exists for.
+"""The offline model-zoo checks (tools.zoo_checks): each one fails on the defect it exists for.
 
 The full run on a complete release bundle (all checks pass) is in test_release.py, on the downloaded archive.
 """

@@ -10,8 +10,8 @@ two at a time with one torch thread each by default (``--jobs``, ``--threads``).
 Without dataset arguments it runs on the synthetic domain-shift suite (:mod:`scripts.data.domains`), generated once
 and cached. Real data take the same command with other arguments. From the repository root::
 
-    PYTHONPATH=bundle python -m scripts.robustness                      # synthetic suite, default budget
-    PYTHONPATH=bundle python -m scripts.robustness --tag acdc --dataset_dir /data/ACDC_coopseg \\
+    PYTHONPATH=bundle python -m tools.robustness                      # synthetic suite, default budget
+    PYTHONPATH=bundle python -m tools.robustness --tag acdc --dataset_dir /data/ACDC_coopseg \\
         --datalist /data/ACDC_coopseg/datalist_fewshot_cval0.json --in_domain ACDC \\
         --test_set ACDC=/data/ACDC_coopseg/datalist.json#test --test_set MM=/data/MnM_coopseg/datalist.json#test \\
         --test_set RandomBias=/data/ACDC-C/datalist.json#RandomBias ... \\
@@ -337,7 +337,7 @@ def summary_text(ftn_stn: Mapping[str, Any], ftn: Mapping[str, Any], context: Ma
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.robustness",
+        prog="python -m tools.robustness",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     context: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
-        "command": "python -m scripts.robustness " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m tools.robustness " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if args.dataset_dir:
         if not args.test_set:

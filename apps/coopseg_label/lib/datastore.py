@@ -1,6 +1,6 @@
 """A local datastore that refuses images and labels the bundle cannot use, and never loses a submitted label.
 
-Checks use the bundle's own loader and validation (``scripts.infer_inputs``). Rejections are HTTP errors that name
+Checks use the bundle's own loader and validation (``scripts.volumes``). Rejections are HTTP errors that name
 the image and the problem: 422 for unusable content, 404 for an unknown image id. Before a label replaces an
 earlier one, the earlier file is copied to ``<studies>/.label_history/<tag>/``.
 """
@@ -26,11 +26,11 @@ EXTENSIONS = ("*.nii.gz", "*.nii", "*.nrrd")
 
 def check_image_file(bundle: Path, path: str, name: str) -> tuple[int, ...]:
     """The spatial shape of a usable 3D short-axis image; raises HTTP 422 naming the problem otherwise."""
-    inputs = bundle_module(bundle, "infer_inputs")
+    volumes = bundle_module(bundle, "volumes")
     try:
-        image = inputs.load_volume(path, name)
-        inputs.check_volume(image, name)
-    except inputs.InputVolumeError as e:
+        image = volumes.load_volume(path, name)
+        volumes.check_image(image, name)
+    except volumes.VolumeError as e:
         raise http_error(422, str(e)) from e
     if image.shape[0] != 1:
         raise http_error(
@@ -65,16 +65,16 @@ class CoopSegDatastore(LocalDatastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         if image_id not in self._datastore.objects:
             raise http_error(404, f"image '{image_id}' is not in the datastore; upload it before its label.")
-        inputs = bundle_module(self.bundle, "infer_inputs")
+        volumes = bundle_module(self.bundle, "volumes")
         try:
-            inputs.check_label_for_image(
+            volumes.check_label_file(
                 label_filename,
                 self.get_image_uri(image_id),
                 self.num_classes,
                 label_name=f"for image '{image_id}'",
                 image_name=f"image '{image_id}'",
             )
-        except inputs.InputVolumeError as e:
+        except volumes.VolumeError as e:
             raise http_error(422, str(e)) from e
         previous = self.get_label_uri(image_id, label_tag) if self._datastore.label(image_id, label_tag) else ""
         if previous and os.path.isfile(previous):

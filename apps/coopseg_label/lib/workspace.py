@@ -21,9 +21,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-logger = logging.getLogger(__name__)
+from .bundle_code import bundle_module
 
-WEIGHT_FILES = ("model.pt", "model.ts")
+logger = logging.getLogger(__name__)
 
 
 def resolve_source_bundle(conf: dict[str, str], app_dir: str) -> Path:
@@ -70,6 +70,8 @@ class Workspace:
         self.path = Path(model_dir) / name
         self.models = self.path / "models"
         self._seed_record = self.models / "seeded_from.json"
+        self._weights = bundle_module(self.source, "weights")
+        self._files = bundle_module(self.source, "files")
 
     def prepare(self) -> Workspace:
         """Create the links and the models folder; copy the source weights in if they are new or changed."""
@@ -88,17 +90,12 @@ class Workspace:
         return self
 
     def source_weights(self) -> Path | None:
-        for name in WEIGHT_FILES:
-            if (self.source / "models" / name).is_file():
-                return self.source / "models" / name
-        return None
+        """The source bundle's weights, as the bundle resolves them (``model.pt``, else ``model.ts``)."""
+        return self._weights.find_weights(self.source / "models")
 
     def weights(self) -> Path | None:
-        """The live weights: ``models/model.pt`` if present, else ``models/model.ts``, else None."""
-        for name in WEIGHT_FILES:
-            if (self.models / name).is_file():
-                return self.models / name
-        return None
+        """The live weights of the workspace (``models/model.pt``, else ``models/model.ts``), or None."""
+        return self._weights.find_weights(self.models)
 
     def _seed(self) -> None:
         source = self.source_weights()
@@ -108,17 +105,15 @@ class Workspace:
         recorded = json.loads(self._seed_record.read_text()) if self._seed_record.is_file() else None
         if recorded == signature and self.weights() is not None:
             return
-        live = [self.models / n for n in WEIGHT_FILES if (self.models / n).is_file()]
+        live = [self.models / n for n in self._weights.WEIGHT_FILES if (self.models / n).is_file()]
         if live:
             backup = self.models / "backup" / time.strftime("%Y%m%d-%H%M%S")
             backup.mkdir(parents=True, exist_ok=True)
             for f in live:
                 shutil.move(str(f), backup / f.name)
             logger.warning("bundle weights changed: previous live weights moved to %s", backup)
-        tmp = self.models / f".{source.name}.{os.getpid()}.tmp"
-        shutil.copy2(source, tmp)
-        os.replace(tmp, self.models / source.name)
-        self._seed_record.write_text(json.dumps(signature))
+        self._files.copy_file_atomic(source, self.models / source.name, overwrite=True)
+        self._files.write_json_atomic(self._seed_record, signature)
         logger.info("serving weights copied from %s", source)
 
     def status(self) -> dict:

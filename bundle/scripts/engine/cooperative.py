@@ -2,7 +2,7 @@
 
 ``standard_terms`` is the baseline's objective (it is also computed in cooperative training); ``generate_hard_examples``
 masks the FTN's latent codes and decodes them into a corrupted image and a corrupted segmentation;
-``hard_terms`` trains both networks on them. Tensor conventions are those of :mod:`scripts.losses`.
+``hard_terms`` trains both networks on them. Tensor conventions are those of :mod:`scripts.engine.losses`.
 """
 
 from __future__ import annotations

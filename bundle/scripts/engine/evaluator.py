@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -10,7 +11,7 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from .trainer import unwrap_network
+from .trainer import enabled_handlers, unwrap_network
 
 __all__ = ["CooperativeEvaluator"]
 
@@ -19,8 +20,12 @@ class CooperativeEvaluator(SupervisedEvaluator):
     """Whole-volume validation that scores both predictions from one FTN pass.
 
     ``pred`` is STN(FTN(x)) (the model-selection output) and ``pred_ftn`` is FTN(x), both logits from the
-    evaluator's ``inferer`` (a ``SliceInferer`` for 3D volumes). Takes ``SupervisedEvaluator``'s arguments.
+    evaluator's ``inferer`` (a ``SliceInferer`` for 3D volumes). Takes ``SupervisedEvaluator``'s arguments;
+    ``None`` entries of ``val_handlers`` (handlers disabled on this process) are skipped.
     """
+
+    def __init__(self, *args: Any, val_handlers: Sequence | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, val_handlers=enabled_handlers(val_handlers), **kwargs)
 
     def _iteration(self, engine: CooperativeEvaluator, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
         if batchdata is None:

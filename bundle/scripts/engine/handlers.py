@@ -32,7 +32,7 @@ class ProgressBar:
 
         key = self.loss_key
         IgniteProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {key: float(out[key])} if isinstance(out, dict) else {}
+            engine, output_transform=lambda out: {key: float(out[0][key])} if isinstance(out, list) and out else {}
         )
 
 
@@ -45,17 +45,20 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return (np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=-1) * 255).astype(np.uint8)
 
 
-def hard_example_grid(output: dict[str, Any], max_rows: int = 4) -> np.ndarray:
-    """RGB ``H', W', 3`` uint8 grid, one row per sample: image | hard image | label | FTN prediction | hard seg."""
+def hard_example_grid(output: list[dict[str, Any]], max_rows: int = 4) -> np.ndarray:
+    """RGB ``H', W', 3`` uint8 grid, one row per sample: image | hard image | label | FTN prediction | hard seg.
+
+    ``output`` is the trainer's decollated output, one dict per sample (``image`` ``1, H, W``, ``label`` ``H, W``,
+    ``pred`` and ``hard_seg_logits`` ``K, H, W``, ``hard_image`` ``1, H, W``).
+    """
     rows = []
-    n = min(max_rows, output["image"].shape[0])
-    for i in range(n):
+    for item in output[:max_rows]:
         panels = [
-            _grey(output["image"][i, 0].float().cpu().numpy()),
-            _grey(output["hard_image"][i, 0].float().cpu().numpy()),
-            _colour_labels(output["label"][i].cpu().numpy()),
-            _colour_labels(output["pred"][i].argmax(0).cpu().numpy()),
-            _colour_labels(output["hard_seg_logits"][i].argmax(0).cpu().numpy()),
+            _grey(item["image"][0].float().cpu().numpy()),
+            _grey(item["hard_image"][0].float().cpu().numpy()),
+            _colour_labels(item["label"].cpu().numpy()),
+            _colour_labels(item["pred"].argmax(0).cpu().numpy()),
+            _colour_labels(item["hard_seg_logits"].argmax(0).cpu().numpy()),
         ]
         rows.append(np.concatenate(panels, axis=1))
     return np.concatenate(rows, axis=0)
@@ -79,7 +82,7 @@ class HardExampleImages:
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
-        if not isinstance(output, dict) or "hard_image" not in output:
+        if not isinstance(output, list) or not output or "hard_image" not in output[0]:
             return
         from PIL import Image
 

@@ -40,6 +40,7 @@ __all__ = [
     "unwrap_network",
     "CooperativeTrainer",
     "PairedSlicePrepareBatch",
+    "enabled_handlers",
     "per_part_param_groups",
     "loss_terms",
 ]
@@ -48,20 +49,30 @@ STANDARD_TERMS = ("seg", "recon", "gt_shape", "shape")
 HARD_TERMS = ("hard_seg", "hard_recon", "hard_shape", "hard_corrupted_shape")
 
 
+def enabled_handlers(handlers: Sequence | None) -> list | None:
+    """``handlers`` without the ``None`` entries that config items disabled on this process leave (the rank-0-only
+    handlers of a multi-process run, ``"_disabled_": "@is_not_rank0"``)."""
+    return None if handlers is None else [h for h in handlers if h is not None]
+
+
 def per_part_param_groups(network: torch.nn.Module) -> list[dict[str, Any]]:
     """One optimiser param group per reference part (``image_encoder`` ... ``shape_decoder``)."""
     net = getattr(network, "module", network)
     return [{"params": list(part.parameters()), "name": name} for name, part in net.parts().items()]
 
 
-def loss_terms(output: dict[str, Any]) -> dict[str, float]:
-    """``output_transform`` for Stats/TensorBoard handlers: every loss term of an iteration as a float."""
-    return {k: float(v) for k, v in output.items() if k == Keys.LOSS or k in STANDARD_TERMS or k in HARD_TERMS}
+def loss_terms(output: list[dict[str, Any]]) -> dict[str, float]:
+    """``output_transform`` for Stats/TensorBoard handlers: every loss term of an iteration as a float.
+
+    The trainer's output is decollated like MONAI's ``SupervisedTrainer``'s (one dict per sample, the loss terms
+    repeated in each), so MONAI's handlers and ``from_engine(["loss"], first=True)`` read it as they read any trainer's.
+    """
+    return {k: float(v) for k, v in output[0].items() if k == Keys.LOSS or k in STANDARD_TERMS or k in HARD_TERMS}
 
 
 def _term_average(key: str) -> Average:
     """Epoch mean of one loss term of the trainer's output (written to ``engine.state.metrics``)."""
-    return Average(output_transform=lambda output: output[key])
+    return Average(output_transform=lambda output: output[0][key])
 
 
 class PairedSlicePrepareBatch:
@@ -98,15 +109,16 @@ class CooperativeStep(torch.nn.Module):
     """The two differentiable parts of an iteration as ``forward`` calls of one module, for DistributedDataParallel.
 
     DDP all-reduces gradients only for computations that run through its own ``forward``; the cooperative terms call
-    several sub-networks of :class:`~scripts.networks.CoopSegNet` directly. Wrapped as
+    several sub-networks of :class:`~scripts.model.networks.CoopSegNet` directly. Wrapped as
     ``DistributedDataParallel(CooperativeStep(network), find_unused_parameters=True)`` (``multi_gpu_train.json``),
     each part is one DDP forward followed by its own backward, and each backward averages the accumulated gradients
     over the ranks (the hard-term BN affine parameters the reference freezes are DDP's "unused" parameters). The
     wrapper holds the same parameters as ``network``, so checkpoints and the optimiser keep using ``network``.
 
     ``forward("standard", image=noisy, clean_image=x, label=y, ...)`` returns ``(losses, z_image, z_shape,
-    seg_logits)`` (see :func:`scripts.cooperative.standard_terms`); ``forward("hard", clean_image=x, label=y,
-    hard_image=..., hard_seg_logits=..., ...)`` returns the hard-term dict (:func:`scripts.cooperative.hard_terms`).
+    seg_logits)`` (see :func:`scripts.engine.cooperative.standard_terms`); ``forward("hard", clean_image=x,
+    label=y, hard_image=..., hard_seg_logits=..., ...)`` returns the hard-term dict
+    (:func:`scripts.engine.cooperative.hard_terms`).
     """
 
     def __init__(self, network: torch.nn.Module) -> None:
@@ -152,7 +164,7 @@ class CooperativeTrainer(Trainer):
         device: where the network runs.
         max_epochs: epochs to train.
         train_data_loader: yields slice batches (see :class:`PairedSlicePrepareBatch`).
-        network: a :class:`~scripts.networks.CoopSegNet`, or for multi-process training
+        network: a :class:`~scripts.model.networks.CoopSegNet`, or for multi-process training
             ``DistributedDataParallel(CooperativeStep(net), find_unused_parameters=True)`` (see
             :class:`CooperativeStep`; a DDP around the bare network would not synchronise gradients and is refused).
         optimizer: one optimiser over all five parts (see :func:`per_part_param_groups`).
@@ -163,9 +175,9 @@ class CooperativeTrainer(Trainer):
         recon_weight: weight of the MSE reconstruction terms (reference 0.5).
         separate_training: detach FTN logits before the STN, blocking the STN-to-FTN gradient (reference False).
         reference_bn: BatchNorm handling of the hard terms as in the reference [quirk]; see
-            :func:`scripts.cooperative.hard_terms`.
+            :func:`scripts.engine.cooperative.hard_terms`.
         prepare_batch: returns ``(images, labels)`` on the device.
-        train_handlers: ignite/MONAI handlers (checkpointing, stats, validation).
+        train_handlers: ignite/MONAI handlers (checkpointing, stats, validation); ``None`` entries are skipped.
         amp: mixed precision on CUDA.
         epoch_length: iterations per epoch (default: the loader's length).
         channels_last: keep the network's weights and the input batch in channels-last (NHWC) memory layout; the
@@ -200,8 +212,8 @@ class CooperativeTrainer(Trainer):
     ) -> None:
         if isinstance(network, DistributedDataParallel) and not isinstance(network.module, CooperativeStep):
             raise TypeError(
-                "DistributedDataParallel must wrap scripts.trainer.CooperativeStep(network), not the bare network: the "
-                "cooperative terms call sub-networks directly, which bypasses DDP's gradient all-reduce "
+                "DistributedDataParallel must wrap scripts.engine.trainer.CooperativeStep(network), not the bare "
+                "network: the cooperative terms call sub-networks directly, which bypasses DDP's gradient all-reduce "
                 "(see configs/multi_gpu_train.json)."
             )
         net = unwrap_network(network)
@@ -216,9 +228,8 @@ class CooperativeTrainer(Trainer):
             key_metric={"train_loss": averages.pop("train_loss")},
             additional_metrics=averages,
             metric_cmp_fn=lambda current, best: current < best,
-            handlers=train_handlers,
+            handlers=enabled_handlers(train_handlers),
             amp=amp,
-            decollate=False,
             **kwargs,
         )
         self.network = network
@@ -299,5 +310,5 @@ class CooperativeTrainer(Trainer):
             output.update(hard_image=hard.hard_image, hard_seg_logits=hard.hard_seg_logits,
                           image_scheme=hard.image_scheme, shape_scheme=hard.shape_scheme)
         engine.state.output = output
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return output
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # decollates the output, one dict per sample
+        return engine.state.output

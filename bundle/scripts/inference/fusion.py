@@ -8,8 +8,9 @@ shortcut's output in place (the ``binary`` ``add`` variant): the separate passes
 ReLU and the residual sum, a sixth of the forward time on a 10 x 224 x 224 stack, disappear. Elsewhere (CUDA, other
 dtypes, a PyTorch without the operator) the same modules run ``conv2d`` and the activation one after the other.
 
-The modules expect BatchNorm already folded into the convolutions (:func:`scripts.inferers.fused_eval_copy`) and
-compute the same function as the blocks of :mod:`scripts.networks` they replace, up to float rounding (tested).
+The modules expect BatchNorm already folded into the convolutions
+(:func:`scripts.inference.inferer.fused_eval_copy`) and compute the same function as the blocks of
+:mod:`scripts.model.networks` they replace, up to float rounding (tested).
 ``torch.ops.mkldnn._convolution_pointwise`` is a private PyTorch operator (the one TorchInductor's CPU fusion emits);
 it is looked up once and, if missing, never used.
 """
@@ -104,12 +105,13 @@ def _conv_act(seq: nn.Sequential, index: int, activation: str, slope: float = 0.
         raise TypeError(f"expected a Conv2d at position {index} of {seq}.")
     for later in list(seq)[index + 1 :]:
         if isinstance(later, nn.BatchNorm2d):
-            raise ValueError("fold BatchNorm into the convolutions first (scripts.inferers.fused_eval_copy).")
+            raise ValueError("fold BatchNorm into the convolutions first (scripts.inference.inferer.fused_eval_copy).")
     return ConvAct(conv, activation, slope)
 
 
 class FusedResidualBlock(nn.Module):
-    """:class:`scripts.networks._ResidualBlock` for inference: ``LReLU(shortcut(x) + branch(x))`` after ``resample``."""
+    """:class:`scripts.model.networks._ResidualBlock` for inference: ``LReLU(shortcut(x) + branch(x))`` after
+    ``resample``."""
 
     def __init__(self, block: _ResidualBlock) -> None:
         super().__init__()
@@ -125,7 +127,7 @@ class FusedResidualBlock(nn.Module):
 
 
 class FusedEncoder(nn.Module):
-    """:class:`scripts.networks.Encoder` for inference: ``B, Cin, H, W -> B, 8w, H/16, W/16``."""
+    """:class:`scripts.model.networks.Encoder` for inference: ``B, Cin, H, W -> B, 8w, H/16, W/16``."""
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -140,7 +142,7 @@ class FusedEncoder(nn.Module):
 
 
 class FusedDecoder(nn.Module):
-    """:class:`scripts.networks.Decoder` for inference: ``B, 8w, h, w -> B, Cout, 16h, 16w``."""
+    """:class:`scripts.model.networks.Decoder` for inference: ``B, 8w, h, w -> B, Cout, 16h, 16w``."""
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
@@ -169,8 +171,9 @@ class _FusedDecoupler(nn.Module):
 
 
 def fuse_blocks(network: nn.Module) -> nn.Module:
-    """Replace, in place, every :class:`~scripts.networks.Encoder`, :class:`~scripts.networks.Decoder` and latent
-    decoupler inside ``network`` (BatchNorm already folded) by its fused inference version; returns ``network``."""
+    """Replace, in place, every :class:`~scripts.model.networks.Encoder`, :class:`~scripts.model.networks.Decoder`
+    and latent decoupler inside ``network`` (BatchNorm already folded) by its fused inference version; returns
+    ``network``."""
     for module in list(network.modules()):
         if isinstance(module, DualBranchEncoder) and not isinstance(module.code_decoupler, _FusedDecoupler):
             module.code_decoupler = _FusedDecoupler(module.code_decoupler)

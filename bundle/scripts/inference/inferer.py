@@ -56,7 +56,7 @@ def fused_eval_copy(
     """A copy of an eval-mode ``network`` for inference (no autograd): every ``Conv2d`` followed by a
     ``BatchNorm2d`` in an ``nn.Sequential`` is folded into one convolution (the same function up to float rounding,
     one pass over the activations less), ``ReLU``/``LeakyReLU`` modules work in place, the network's encoders,
-    decoders and latent decoupler are optionally replaced by :mod:`scripts.infer_fusion`'s versions (activation and
+    decoders and latent decoupler are optionally replaced by :mod:`scripts.inference.fusion`'s versions (activation and
     residual add inside the convolution on CPU), and the weights are optionally in channels-last memory format
     (oneDNN's preferred layout on CPU)."""
     fused = copy.deepcopy(network)
@@ -104,8 +104,8 @@ class CoopSegInferer(Inferer):
             faster on a 10 x 224 x 224 stack. The process keeps its peak memory.
 
     The network must provide ``segment(x)`` (FTN logits) and ``refine_logits(logits)`` (STN), as
-    :class:`scripts.networks.CoopSegNet` and its TorchScript export do; a plain module that only has ``forward`` is
-    used as is for ``pred`` (no maps).
+    :class:`scripts.model.networks.CoopSegNet` and its TorchScript export do; a plain module that only has
+    ``forward`` is used as is for ``pred`` (no maps).
     """
 
     def __init__(

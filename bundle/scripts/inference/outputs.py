@@ -1,7 +1,7 @@
 """Post-processing of the inference workflow: per-frame labels from probabilities, and atomic saving.
 
-Arrays are channel-first with frames as channels (see :mod:`scripts.inferers`); by the time these run, ``Invertd``
-has mapped them back to the input's original grid.
+Arrays are channel-first with frames as channels (see :mod:`scripts.inference.inferer`); by the time these run,
+``Invertd`` has mapped them back to the input's original grid.
 """
 
 from __future__ import annotations

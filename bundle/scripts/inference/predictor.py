@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 class CoopSegPredictor(SupervisedEvaluator):
     """``SupervisedEvaluator`` for unlabelled volumes: ``output = {"pred": ..., <maps>}`` from ``inferer.predict``.
 
-    Takes ``SupervisedEvaluator``'s arguments plus ``maps``, a subset of :data:`scripts.inferers.MAP_NAMES`;
-    ``inferer`` is a :class:`scripts.inferers.CoopSegInferer` (any inferer when ``maps`` is empty). Batches hold
-    ``image`` ``B, F, H, W, D``; labels are not needed.
+    Takes ``SupervisedEvaluator``'s arguments plus ``maps``, a subset of :data:`scripts.inference.inferer.MAP_NAMES`;
+    ``inferer`` is a :class:`scripts.inference.inferer.CoopSegInferer` (any inferer when ``maps`` is empty).
+    Batches hold ``image`` ``B, F, H, W, D``; labels are not needed.
     """
 
     def __init__(self, *args: Any, maps: Sequence[str] = (), **kwargs: Any) -> None:

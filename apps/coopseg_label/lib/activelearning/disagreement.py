@@ -1,16 +1,22 @@
-"""Active learning: the unlabeled image on which the FTN and the STN disagree most (or the most uncertain one)."""
+"""Active learning: the unlabeled image on which the FTN and the STN disagree most, by the stored scores.
+
+Scores come from the ``disagreement`` scoring method (:mod:`lib.scoring.disagreement`), which MONAI Label runs in the
+background; this strategy only reads them from the datastore. An image handed out by this strategy is not handed out
+again (to anyone) for ``lease_seconds``, so annotators working at the same time get different images, and one
+annotator asking again gets the next one; when every candidate is leased, the one leased longest ago is chosen.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable
+import time
 from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from ..errors import http_error
+from ..scoring import SCORE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -18,47 +24,47 @@ METRICS = ("disagreement", "entropy")
 
 
 class Disagreement(Strategy):
-    """Pick the unlabeled image with the highest mean FTN-STN disagreement (``metric="disagreement"``, default) or
-    the highest mean normalised entropy of the STN-refined prediction (``metric="entropy"``).
+    """Pick the unlabeled image with the highest stored score (``metric``: ``disagreement``, default, or ``entropy``).
 
-    Scores come from the ``coopseg`` model (``CoopSegInferTask.uncertainty_scores``) and are cached per image file
-    and weights file (path and modification time), so only new images or new weights cost an inference. Images the
-    bundle cannot read are skipped with a warning.
+    Images without a score yet rank after every scored one. Responds 409 when no image has a score.
 
     Args:
-        task: returns the ``coopseg`` infer task, or None when no trained weights exist.
+        lease_seconds: how long an image handed out by this strategy is kept from being handed out again.
     """
 
-    def __init__(self, task: Callable[[], Any]) -> None:
-        super().__init__("Unlabeled image where FTN and STN disagree most (params: metric = disagreement | entropy)")
-        self.task = task
-        self._cache: dict[tuple, dict[str, float]] = {}
+    def __init__(self, lease_seconds: float = 3600.0) -> None:
+        super().__init__(
+            "Unlabeled image where FTN and STN disagree most, by the stored scores; concurrent annotators get "
+            "different images (params: metric = disagreement | entropy)"
+        )
+        self.lease_seconds = float(lease_seconds)
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         metric = request.get("metric", "disagreement")
         if metric not in METRICS:
             raise http_error(422, f"unknown metric '{metric}'; use one of {', '.join(METRICS)}.")
-        images = datastore.get_unlabeled_images()
+        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
-        task = self.task()
-        if task is None:
-            raise http_error(503, "the disagreement strategy needs trained weights; see GET /info/ (or use random).")
-        weights = task.live_weights()
-        best: tuple[float, str] | None = None
-        for image_id in sorted(images):
-            path = datastore.get_image_uri(image_id)
-            key = (path, os.path.getmtime(path), str(weights), os.path.getmtime(weights) if weights else 0)
-            if key not in self._cache:
-                try:
-                    self._cache[key] = task.uncertainty_scores(path, request.get("device"))
-                except Exception as e:  # an unusable image must not block the others
-                    logger.warning("disagreement: skipping %s (%s)", image_id, e)
-                    continue
-            score = self._cache[key][metric]
-            if best is None or score > best[0]:
-                best = (score, image_id)
-        if best is None:
-            return None
-        logger.info("disagreement: selected %s (%s %.4f of %d unlabeled)", best[1], metric, best[0], len(images))
-        return {"id": best[1], metric: best[0]}
+        strategy = request.get("strategy", "disagreement")
+        now = time.time()
+        candidates = []
+        for image_id in images:
+            info = datastore.get_image_info(image_id)
+            score = info.get(SCORE_KEY, {}).get(metric)
+            leased_at = info.get("strategy", {}).get(strategy, {}).get("ts", 0)
+            free = now - leased_at >= self.lease_seconds
+            # free images first, then the highest score (unscored last), then the oldest lease, then the id
+            candidates.append((not free, score is None, -(score or 0.0), leased_at, image_id))
+        if all(c[1] for c in candidates):
+            raise http_error(
+                409,
+                "no image has a disagreement score yet: scoring runs in the background when the server starts and "
+                "after training (POST /scoring/disagreement starts it now); use the strategy 'random' meanwhile.",
+            )
+        leased, _, negative_score, _, image_id = min(candidates)
+        logger.info(
+            "disagreement: selected %s (%s %.4f; %d unlabeled, %d leased)", image_id, metric, -negative_score,
+            len(images), sum(c[0] for c in candidates),
+        )  # fmt: skip
+        return {"id": image_id, metric: -negative_score, "reissued": bool(leased)}

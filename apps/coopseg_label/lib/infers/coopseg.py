@@ -25,7 +25,7 @@ class CoopSegInferTask(BundleInferTask):
     """``BundleInferTask`` for the CoopSeg bundle.
 
     ``refine=True`` serves the STN-refined masks (``coopseg``), ``refine=False`` the FTN's alone
-    (``coopseg_fast``): the bundle config's ``refine`` switch, which ``scripts.inferers.CoopSegInferer`` reads.
+    (``coopseg_fast``): the bundle config's ``refine`` switch, which ``scripts.inference.inferer.CoopSegInferer`` reads.
     Each call uses ``models/model.pt`` (the bundle's ``network_def`` with these weights, loaded strictly) if it
     exists, else ``models/model.ts`` (TorchScript); a changed file (fine-tuning) is reloaded.
     """

@@ -16,7 +16,8 @@ import torch
 from monai.handlers import CheckpointLoader
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
-from monailabel.utils.others.generic import device_list
+
+from ..bundle_code import bundle_module
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,12 @@ class CoopSegTrainTask(BundleTrainTask):
         self.default_max_epochs = max_epochs
 
     def config(self) -> dict[str, Any]:
-        return {"device": device_list(), "pretrained": True, "max_epochs": self.default_max_epochs, "val_split": 0.2}
+        """MONAI Label's bundle trainer options (device, pretrained, multi-GPU, gpus, tracking, ...) with this app's
+        default epochs; ``model_filename`` offers only flat weights, not resumable training states."""
+        config = super().config()
+        config["max_epochs"] = self.default_max_epochs
+        config["model_filename"] = [f for f in config.get("model_filename", []) if not f.startswith("training_state")]
+        return config
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict:
         request = dict(request)
@@ -62,16 +68,17 @@ class CoopSegTrainTask(BundleTrainTask):
         train_handlers[:] = [h for h in train_handlers if h.get("_target_") != CheckpointLoader.__name__]
         if not pretrained:
             return
-        models = Path(self.bundle_path) / "models"
+        weights = bundle_module(Path(self.bundle_path), "weights")
         load_path = Path(model_pytorch)
-        if not load_path.is_file() and (models / "model.ts").is_file():
-            cache = Path(self.bundle_path) / "cache"
-            cache.mkdir(exist_ok=True)
-            load_path = cache / "warm_start_from_model_ts.pt"
-            state = torch.jit.load(str(models / "model.ts"), map_location="cpu").state_dict()
-            torch.save(state, load_path)
         if not load_path.is_file():
-            logger.warning("no weights to warm-start from in %s: training from scratch.", models)
+            live = weights.find_weights(Path(self.bundle_path) / "models")
+            if live is not None and live.suffix == ".ts":  # CheckpointLoader reads state dicts: convert it once
+                cache = Path(self.bundle_path) / "cache"
+                cache.mkdir(exist_ok=True)
+                load_path = cache / "warm_start_from_model_ts.pt"
+                torch.save(weights.load_state_dict(live), load_path)
+        if not load_path.is_file():
+            logger.warning("no weights to warm-start from in %s: training from scratch.", load_path.parent)
             return
         logger.info("warm-starting FTN + STN from %s", load_path)
         train_handlers.insert(

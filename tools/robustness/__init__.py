@@ -1,0 +1,1 @@
+"""The robustness experiment: standard vs cooperative training, evaluated on shifted test domains."""
