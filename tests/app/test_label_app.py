@@ -201,8 +201,9 @@ def test_slicer_session(site: dict, tmp_path: Path) -> None:
     assert set(info["models"]) == {"coopseg", "coopseg_fast"}
     for model in info["models"].values():
         assert model["labels"] == {"lv": 1, "myocardium": 2, "rv": 3} and model["type"] == "segmentation"
-    assert set(info["trainers"]) == {"coopseg"} and "run_id" not in info["trainers"]["coopseg"]["config"]
-    assert set(info["strategies"]) == {"disagreement", "random", "first"}
+    assert set(info["trainers"]) == {"coopseg"}
+    assert {"multi_gpu", "gpus", "tracking"} <= set(info["trainers"]["coopseg"]["config"])  # MONAI Label's own
+    assert set(info["strategies"]) == {"disagreement", "random", "first"} and set(info["scoring"]) == {"disagreement"}
     assert info["weights"]["available"] is True
     # 2. datastore listing
     listing = c.datastore()
@@ -210,10 +211,20 @@ def test_slicer_session(site: dict, tmp_path: Path) -> None:
     # 3. active learning
     assert c.next_sample("first", {})["id"] == "case0"
     assert c.next_sample("random", {})["id"] in listing["objects"]
-    chosen = c.next_sample("disagreement", {})
-    assert chosen["id"] in listing["objects"] and 0.0 < chosen["disagreement"] <= 1.0
-    by_entropy = c.next_sample("disagreement", {"metric": "entropy"})
-    assert 0.0 < by_entropy["entropy"] <= 1.0
+    # disagreement scores are computed in the background after the start and kept in the datastore
+    deadline, scores = time.time() + 300, {}
+    while time.time() < deadline:
+        objects = c.datastore()["objects"]
+        scores = {i: o["image"]["info"].get("coopseg_scores") for i, o in objects.items()}
+        if all(scores.values()):
+            break
+        time.sleep(1)
+    assert all(scores.values()), f"background scoring did not score every image: {scores}"
+    ranked = sorted(scores, key=lambda i: -scores[i]["disagreement"])
+    first_annotator = c.next_sample("disagreement", {"client_id": "annotator_a"})
+    second_annotator = c.next_sample("disagreement", {"client_id": "annotator_b"})
+    assert [first_annotator["id"], second_annotator["id"]] == ranked[:2], "concurrent annotators got the same image"
+    assert 0.0 < first_annotator["disagreement"] <= 1.0
     # 4. /infer/coopseg?image=... (and the FTN-only model)
     first_file, params = c.infer("coopseg", "case0", {})
     assert params["label_names"] == {"lv": 1, "myocardium": 2, "rv": 3}

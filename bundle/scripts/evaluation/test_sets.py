@@ -25,6 +25,7 @@ from monai.data import DataLoader, Dataset
 from monai.data.utils import affine_to_spacing
 
 from ..data.datalist import DatasetError, ensure_synthetic_dataset, load_datalist
+from ..inference.quality import QUALITY_KEYS
 from ..weights import load_weights, require_weights
 from .metrics import volume_metrics
 
@@ -59,7 +60,8 @@ def _scalar(value: Any) -> Any:
 
 
 class VolumeMetricsCollector:
-    """Evaluator handler: one row per volume and output (FTN + STN, FTN) with per-class Dice and HD95 in mm.
+    """Evaluator handler: one row per volume and output (FTN + STN, FTN) with per-class Dice and HD95 in mm, and the
+    volume's quality scores (FTN-STN disagreement, entropy).
 
     Reads the decollated ``engine.state.output`` (one-hot ``pred``, ``pred_ftn`` and ``label``, ``K, H, W, D``) and
     ``engine.state.batch`` (the datalist entry's own fields such as ``subject``, ``frame``, ``vendor``).
@@ -88,9 +90,10 @@ class VolumeMetricsCollector:
                 "image": str(meta.get("filename_or_obj", "")),
                 "spacing_mm": "x".join(f"{s:.4g}" for s in spacing),
             }
+            quality = {k: float(item[k]) for k in QUALITY_KEYS if k in item}
             for key, output in OUTPUTS.items():
                 metrics = volume_metrics(item[key], label, spacing, empty_dice=self.empty_dice)
-                self.rows.append({**base, "output": output, **metrics})
+                self.rows.append({**base, "output": output, **metrics, **quality})
 
 
 def _parse_spec(name: str, spec: Any) -> tuple[Path, str, Path]:

@@ -28,8 +28,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..cpu_memory import retain_freed_memory
 from .fusion import fuse_blocks
+from .quality import disagreement_map, entropy_map
 
-__all__ = ["MAP_NAMES", "CPU_BATCH_PIXELS", "CoopSegInferer", "entropy_map", "disagreement_map", "fused_eval_copy"]
+__all__ = ["MAP_NAMES", "CPU_BATCH_PIXELS", "CoopSegInferer", "fused_eval_copy"]
 
 MAP_NAMES = ("uncertainty", "disagreement")
 
@@ -37,17 +38,6 @@ CPU_BATCH_PIXELS = 2**19
 """On the CPU, ``sw_batch_size=0`` puts at most this many in-plane pixels (slices x padded H x W) in one network call:
 a 16-channel float32 activation of that batch is 32 MiB, the largest block glibc's malloc can be told to keep for
 reuse (:mod:`scripts.cpu_memory`). 10 slices of 224 x 224, 8 of 256 x 256."""
-
-
-def entropy_map(prob: torch.Tensor) -> torch.Tensor:
-    """``N, K, ...`` probabilities -> ``N, 1, ...`` entropy normalised by ``log K`` to [0, 1]."""
-    ent = -(prob * torch.log(prob.clamp_min(1e-12))).sum(dim=1, keepdim=True)
-    return ent / math.log(prob.shape[1])
-
-
-def disagreement_map(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor:
-    """``N, K, ...`` twice -> ``N, 1, ...`` total-variation distance in [0, 1]."""
-    return 0.5 * (prob_a - prob_b).abs().sum(dim=1, keepdim=True)
 
 
 def fused_eval_copy(

@@ -1,0 +1,51 @@
+"""Per-volume quality scores: how much the FTN and the STN disagree, as a warning that a mask is likely wrong.
+
+The STN is a shape prior: where the FTN's segmentation is implausible, the STN's refinement moves away from it. The
+per-voxel disagreement ``0.5 * sum_k |p_STN - p_FTN|`` (0 identical, 1 disjoint) is averaged over the voxels that
+either network labels as foreground, so the score does not shrink with the field of view. The normalised entropy of
+the refined prediction is reported beside it. A volume is flagged when its disagreement score exceeds a threshold
+chosen on validation data (see the model card).
+
+Tensors are ``N, K, ...`` class probabilities (channel 0 background).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["QUALITY_KEYS", "disagreement_map", "entropy_map", "quality_scores"]
+
+QUALITY_KEYS = ("disagreement_score", "entropy_score")
+
+
+def entropy_map(prob: torch.Tensor) -> torch.Tensor:
+    """``N, K, ...`` probabilities -> ``N, 1, ...`` entropy normalised by ``log K`` to [0, 1]."""
+    ent = -(prob * torch.log(prob.clamp_min(1e-12))).sum(dim=1, keepdim=True)
+    return ent / math.log(prob.shape[1])
+
+
+def disagreement_map(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor:
+    """``N, K, ...`` twice -> ``N, 1, ...`` total-variation distance in [0, 1]."""
+    return 0.5 * (prob_a - prob_b).abs().sum(dim=1, keepdim=True)
+
+
+def quality_scores(prob_ftn: torch.Tensor, prob_stn: torch.Tensor) -> dict[str, float]:
+    """``{"disagreement_score", "entropy_score"}`` of one volume (``1, K, ...`` probabilities of FTN and FTN + STN).
+
+    Both are means over the voxels labelled foreground by either prediction (argmax > 0); 0.0 when neither network
+    finds any foreground.
+    """
+    if prob_ftn.shape != prob_stn.shape:
+        raise ValueError(f"FTN and STN probabilities differ in shape: {tuple(prob_ftn.shape)} {tuple(prob_stn.shape)}")
+    foreground = (prob_ftn.argmax(dim=1, keepdim=True) > 0) | (prob_stn.argmax(dim=1, keepdim=True) > 0)
+    count = int(foreground.sum())
+    if count == 0:
+        return {"disagreement_score": 0.0, "entropy_score": 0.0}
+    disagreement = disagreement_map(prob_stn.float(), prob_ftn.float())
+    entropy = entropy_map(prob_stn.float())
+    return {
+        "disagreement_score": float(disagreement[foreground].sum()) / count,
+        "entropy_score": float(entropy[foreground].sum()) / count,
+    }
