@@ -26,11 +26,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable
 
-__all__ = ["STATE_PREFIX", "ResumeTraining", "SaveTrainingState", "TrainingProgress", "latest_training_state"]
+__all__ = [
+    "STATE_PREFIX",
+    "ResumeTraining",
+    "SaveAtIterations",
+    "SaveTrainingState",
+    "TrainingProgress",
+    "latest_training_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -218,3 +225,43 @@ class ResumeTraining(_TrainingState):
         logger.info("resuming training from %s", path)
         objects = self.objects_for(engine)
         CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location).attach(engine)
+
+
+class SaveAtIterations:
+    """Save the network's flat state dict as ``<save_dir>/model_iter<NNNNNN>.pt`` after each listed iteration.
+
+    For learning curves: one run yields the model at several training budgets (e.g. 250, 500, 1000, 1500 iterations),
+    each loadable like ``models/model.pt``. Files are written atomically and an existing one is replaced (a resumed
+    run writes the same weights again).
+
+    Args:
+        save_dir: where the files go.
+        network: the trained network (a DDP wrapper is unwrapped).
+        iterations: the iteration counts (1-based, as ``engine.state.iteration``) after which to save.
+    """
+
+    def __init__(self, save_dir: str | Path, network: torch.nn.Module, iterations: list[int]) -> None:
+        if any(int(i) < 1 for i in iterations):
+            raise ValueError(f"iterations must be >= 1, got {list(iterations)}.")
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.iterations = sorted({int(i) for i in iterations})
+
+    @staticmethod
+    def filename(iteration: int) -> str:
+        return f"model_iter{iteration:06d}.pt"
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self)
+
+    def _due(self, engine: Engine, event: int) -> bool:
+        return event in self.iterations
+
+    def __call__(self, engine: Engine) -> None:
+        from ..files import atomic_path
+
+        state = getattr(self.network, "module", self.network).state_dict()
+        path = self.save_dir / self.filename(engine.state.iteration)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        logger.info("saved the model at iteration %d: %s", engine.state.iteration, path)

@@ -22,6 +22,6 @@ def reconstruction_loss(reconstruction: torch.Tensor, image: torch.Tensor, weigh
     return weight * F.mse_loss(reconstruction, image)
 
 
-def one_hot_label(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``B, H, W`` integer label -> ``B, K, H, W`` float one-hot, the STN's view of a ground truth."""
-    return F.one_hot(label.long(), num_classes).permute(0, 3, 1, 2).float()
+def one_hot_label(label: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``B, H, W`` integer label -> ``B, K, H, W`` one-hot of ``dtype``, the STN's view of a ground truth."""
+    return F.one_hot(label.long(), num_classes).permute(0, 3, 1, 2).to(dtype)

@@ -31,7 +31,15 @@ from torch.utils.data import DataLoader
 from ..cpu_memory import retain_freed_memory
 from ..model.masking import LatentMasker
 from ..model.networks import CoopSegNet
-from .cooperative import HardExamples, StandardPass, add_input_noise, generate_hard_examples, hard_terms, standard_terms
+from .cooperative import (
+    HardExamples,
+    LatentGradients,
+    StandardPass,
+    add_input_noise,
+    generate_hard_examples,
+    hard_terms,
+    standard_terms,
+)
 
 __all__ = [
     "STANDARD_TERMS",
@@ -115,9 +123,9 @@ class CooperativeStep(torch.nn.Module):
     over the ranks (the hard-term BN affine parameters the reference freezes are DDP's "unused" parameters). The
     wrapper holds the same parameters as ``network``, so checkpoints and the optimiser keep using ``network``.
 
-    ``forward("standard", image=noisy, clean_image=x, label=y, ...)`` returns ``(losses, z_image, z_shape,
-    seg_logits)`` (see :func:`scripts.engine.cooperative.standard_terms`); ``forward("hard", clean_image=x,
-    label=y, hard_image=..., hard_seg_logits=..., ...)`` returns the hard-term dict
+    ``forward("standard", image=noisy, clean_image=x, label=y, ...)`` returns the fields of
+    :class:`~scripts.engine.cooperative.StandardPass` (see :func:`scripts.engine.cooperative.standard_terms`);
+    ``forward("hard", clean_image=x, label=y, hard_image=..., hard_seg_logits=..., ...)`` returns the hard-term dict
     (:func:`scripts.engine.cooperative.hard_terms`).
     """
 
@@ -141,7 +149,7 @@ class CooperativeStep(torch.nn.Module):
     ) -> Any:
         if part == "standard":
             std = standard_terms(self.network, image, clean_image, label, separate_training, recon_weight)
-            return std.losses, std.z_image, std.z_shape, std.seg_logits
+            return std.losses, std.z_image, std.z_shape, std.seg_logits, std.image_code_in, std.shape_code_in
         if part == "hard":
             hard = HardExamples(hard_image, hard_seg_logits, "", "")
             return hard_terms(self.network, hard, clean_image, label, separate_training, recon_weight, reference_bn)
@@ -277,16 +285,22 @@ class CooperativeTrainer(Trainer):
         # The standard and hard terms share no graph (hard examples are detached), so each part is back-propagated
         # as soon as it is computed: the same summed gradient, with half the activations alive at once. Under DDP
         # each backward averages the gradients accumulated so far over the ranks, so the sum stays exact.
+        image_scheme = engine.image_masker.draw_scheme() if engine.latent_da and engine.image_masker else None
+        shape_scheme = engine.shape_masker.draw_scheme() if engine.latent_da and engine.shape_masker else None
         std = StandardPass(*self._forward(engine, lambda: engine.step(
             "standard", image, label, image=add_input_noise(image, engine.input_noise_sigma), **options
         )))
         losses = dict(std.losses)
+        reuse = engine.latent_da and all(m is None or m.reuses_gradients for m in (engine.image_masker,
+                                                                                   engine.shape_masker))
+        gradients = LatentGradients(std, image_scheme, shape_scheme) if reuse else None
         self._backward(engine, torch.stack(list(std.losses.values())).sum())
         hard = None
         if engine.latent_da:
             # masking and decoding use frozen decoders and no parameter gradient: outside the DDP forward
             hard = self._forward(engine, lambda: generate_hard_examples(
-                net, std.z_image, std.z_shape, image, label, engine.image_masker, engine.shape_masker
+                net, std.z_image, std.z_shape, image, label, engine.image_masker, engine.shape_masker,
+                image_scheme, shape_scheme, gradients,
             ))
             hard_losses = self._forward(engine, lambda: engine.step(
                 "hard", image, label, hard_image=hard.hard_image, hard_seg_logits=hard.hard_seg_logits,

@@ -10,7 +10,9 @@ Outputs, per frame, on the input grid:
   refinement ``softmax(STN(softmax(FTN(x) / T)))`` or, with ``refine=False``, of the FTN alone ``softmax(FTN(x))``;
 - ``uncertainty``: ``B, F, H, W, D`` entropy of ``pred``'s probabilities divided by ``log K`` (0 certain, 1 uniform);
 - ``disagreement``: ``B, F, H, W, D`` total-variation distance ``0.5 * sum_k |p_STN - p_FTN|`` between the FTN's and
-  the STN's class probabilities (0 identical, 1 disjoint).
+  the STN's class probabilities (0 identical, 1 disjoint);
+- ``prob_ftn``: ``B, F * K, H, W, D`` the FTN's class probabilities ``softmax(FTN(x))`` (laid out as ``pred``), from the
+  same pass, for per-volume quality scores (:func:`scripts.inference.quality.quality_scores`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from ..cpu_memory import retain_freed_memory
 from .fusion import fuse_blocks
 from .quality import disagreement_map, entropy_map
 
-__all__ = ["MAP_NAMES", "CPU_BATCH_PIXELS", "CoopSegInferer", "fused_eval_copy"]
+__all__ = ["MAP_NAMES", "FTN_PROB", "CPU_BATCH_PIXELS", "CoopSegInferer", "fused_eval_copy"]
 
 MAP_NAMES = ("uncertainty", "disagreement")
+FTN_PROB = "prob_ftn"
+"""Extra output of :meth:`CoopSegInferer.predict`: the FTN's class probabilities (not a per-voxel map to save)."""
 
 CPU_BATCH_PIXELS = 2**19
 """On the CPU, ``sw_batch_size=0`` puts at most this many in-plane pixels (slices x padded H x W) in one network call:
@@ -147,10 +151,11 @@ class CoopSegInferer(Inferer):
     def predict(
         self, inputs: torch.Tensor, network: Callable[..., Any], maps: Sequence[str] = ()
     ) -> dict[str, torch.Tensor]:
-        """``{"pred": ..., **maps}`` for ``inputs`` ``B, F, H, W, D``; ``maps`` is a subset of :data:`MAP_NAMES`."""
-        unknown = set(maps) - set(MAP_NAMES)
+        """``{"pred": ..., **maps}`` for ``inputs`` ``B, F, H, W, D``; ``maps`` is a subset of :data:`MAP_NAMES` and
+        :data:`FTN_PROB`."""
+        unknown = set(maps) - {*MAP_NAMES, FTN_PROB}
         if unknown:
-            raise ValueError(f"unknown maps {sorted(unknown)}; available: {MAP_NAMES}.")
+            raise ValueError(f"unknown maps {sorted(unknown)}; available: {(*MAP_NAMES, FTN_PROB)}.")
         if inputs.ndim != 5:
             raise ValueError(f"expected inputs B, F, H, W, D; got shape {tuple(inputs.shape)}.")
         if maps and not (hasattr(network, "segment") and hasattr(network, "refine_logits")):
@@ -192,7 +197,7 @@ class CoopSegInferer(Inferer):
                 return {"pred": torch.softmax(network(x).float(), dim=1)}
             ftn = network.segment(x)
             need_stn = self.refine or "disagreement" in maps
-            need_ftn = not self.refine or "disagreement" in maps
+            need_ftn = not self.refine or "disagreement" in maps or FTN_PROB in maps
             stn = network.refine_logits(ftn) if need_stn else None
             p_ftn = torch.softmax(ftn.float(), dim=1) if need_ftn else None
             p_stn = torch.softmax(stn.float(), dim=1) if stn is not None else None
@@ -202,6 +207,8 @@ class CoopSegInferer(Inferer):
                 out["uncertainty"] = entropy_map(pred)
             if "disagreement" in maps:
                 out["disagreement"] = disagreement_map(p_stn, p_ftn)
+            if FTN_PROB in maps:
+                out[FTN_PROB] = p_ftn
             return out
 
         return run

@@ -27,6 +27,7 @@ from .norm_context import frozen_parameters, untracked_batchnorm
 
 __all__ = [
     "MASK_SCHEMES",
+    "TARGETED_SCHEMES",
     "channel_dropout",
     "latent_gradient",
     "targeted_mask",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 MASK_SCHEMES = ("dropout", "channel", "spatial")
+TARGETED_SCHEMES = ("channel", "spatial")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -149,6 +151,16 @@ class LatentMasker:
         self.dropout_rescale = dropout_rescale
         self.update_bn_stats = update_bn_stats
 
+    @property
+    def reuses_gradients(self) -> bool:
+        """Whether a gradient from the standard pass may replace :func:`latent_gradient`'s own decoder pass.
+
+        The standard pass decodes the same code with the same decoder in the same BatchNorm mode, so its gradient
+        with respect to the decoder input is the same; only the reference's quirk of updating the decoder's running
+        statistics during that extra pass (``update_bn_stats``) needs the pass itself.
+        """
+        return not self.update_bn_stats
+
     def draw_scheme(self) -> str:
         """One scheme, uniformly (torch's global generator, so ``set_determinism`` makes it repeatable)."""
         return self.schemes[int(torch.randint(len(self.schemes), ()).item())]
@@ -166,17 +178,20 @@ class LatentMasker:
         target: torch.Tensor,
         loss_fn: LossFn,
         scheme: str | None = None,
+        grad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, str]:
         """Mask ``code`` (``B, C, h, w``) with ``scheme`` (drawn if None); returns ``(masked_code, scheme)``.
 
         ``decoder``, ``target`` and ``loss_fn`` define the task loss whose gradient targets the mask; they are not
-        used by ``dropout``.
+        used by ``dropout``. ``grad``, when given, is that gradient already computed (up to a positive factor, which
+        does not change the ranking), e.g. from the standard pass of the same batch (:attr:`reuses_gradients`).
         """
         scheme = self.draw_scheme() if scheme is None else scheme
         if scheme == "dropout":
             return channel_dropout(code, self.dropout_p, self.dropout_rescale), scheme
-        if scheme not in ("channel", "spatial"):
+        if scheme not in TARGETED_SCHEMES:
             raise ValueError(f"unknown masking scheme {scheme!r}; expected one of {MASK_SCHEMES}.")
-        grad = latent_gradient(code, decoder, target, loss_fn, update_bn_stats=self.update_bn_stats)
+        if grad is None:
+            grad = latent_gradient(code, decoder, target, loss_fn, update_bn_stats=self.update_bn_stats)
         mask = targeted_mask(grad, scheme, self.draw_fraction(), soft=self.soft, soft_max=self.soft_max)
         return (code.detach() * mask).detach(), scheme
