@@ -98,6 +98,16 @@ def test_frames_and_labels_by_construction(tmp_path: Path) -> None:
         assert np.array_equal(label == 3, raw == RAW_RV), "a structure drawn as RV must be class 3"
 
 
+def test_entries_carry_height_and_weight_from_info_cfg(tmp_path: Path) -> None:
+    info = "ED: 1\nES: 4\nGroup: NOR\nHeight: 172.5\nNbFrame: 6\nWeight: 68.0\n"
+    entries = prepare_patient(write_patient(tmp_path / "ACDC", "002", info=info), tmp_path / "out")
+    assert [(e["height_cm"], e["weight_kg"]) for e in entries] == [(172.5, 68.0)] * 2
+    no_weight = prepare_patient(write_patient(tmp_path / "ACDC", "003"), tmp_path / "out")  # Height only
+    assert all(e["height_cm"] == 180.0 and "weight_kg" not in e for e in no_weight)
+    no_size = prepare_patient(write_patient(tmp_path / "ACDC", "004", info="ED: 1\nES: 4\n"), tmp_path / "out")
+    assert all("height_cm" not in e and "weight_kg" not in e for e in no_size)
+
+
 def test_split_lists_are_the_reference_lists() -> None:
     assert len(TEST_IDS) == 20 and len(set(TEST_IDS)) == 20
     assert len(FEW_SHOT_POOL) == 40

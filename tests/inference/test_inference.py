@@ -106,7 +106,7 @@ def test_exact_command_writes_label_on_the_input_grid(bundle: Path, nifti_case: 
     ]
     result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["case1_seg.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["case1_seg.nii.gz", "function.csv", "function.md"]
     source, written = nib.load(nifti_case / "case1.nii.gz"), nib.load(out / "case1_seg.nii.gz")
     assert written.shape == source.shape
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-6)
@@ -155,6 +155,8 @@ def test_maps_and_ftn_only_option(bundle: Path, nifti_case: Path, tmp_path: Path
         "case1_seg.nii.gz",
         "case1_seg_ftn.nii.gz",
         "case1_uncertainty.nii.gz",
+        "function.csv",
+        "function.md",
     ]
     source = nib.load(nifti_case / "case1.nii.gz")
     for name in ("case1_uncertainty.nii.gz", "case1_disagreement.nii.gz"):

@@ -1,23 +1,26 @@
-"""The robustness experiment: standard vs cooperative training, same budget and seeds, evaluated on every domain.
+"""The robustness experiment: three arms trained alike, evaluated at several training budgets on every test domain.
 
-For each seed, the bundle's own training workflow runs twice with overrides (``--latent_da False``: the paper's
-standard training; ``--latent_da True``: cooperative training with latent space data augmentation), each into its
-own run folder (``<run_dir>/<tag>/<method>_seed<k>/models``, ``logs``; never the bundle's ``models/``). Each best
-checkpoint is then evaluated by ``evaluate.json`` on every test set. The combined per-volume table, the paper-shaped
-tables (mean ± sd over seeds), box plots and a short text go to ``<results_dir>/<tag>_*``. Runs are subprocesses,
-two at a time with one torch thread each by default (``--jobs``, ``--threads``).
+Arms (bundle overrides on top of the shared ones):
 
-Without dataset arguments it runs on the synthetic domain-shift suite (:mod:`scripts.data.domains`), generated once
-and cached. Real data take the same command with other arguments. From the repository root::
+* ``standard``: the paper's standard training (``latent_da False``; the FTN + STN framework without hard examples);
+* ``augmented``: standard training plus strong image-space augmentation with MONAI's transforms
+  (``strong_augmentation True``: bias field, Gibbs and k-space spike noise, contrast and histogram shifts, Gaussian
+  noise and smoothing, random rescaling of the in-plane pixel size);
+* ``cooperative``: cooperative training with latent space data augmentation (``latent_da True``).
 
-    PYTHONPATH=bundle python -m tools.robustness                      # synthetic suite, default budget
-    PYTHONPATH=bundle python -m tools.robustness --tag acdc --dataset_dir /data/ACDC_coopseg \\
-        --datalist /data/ACDC_coopseg/datalist_fewshot_cval0.json --in_domain ACDC \\
-        --test_set ACDC=/data/ACDC_coopseg/datalist.json#test --test_set MM=/data/MnM_coopseg/datalist.json#test \\
-        --test_set RandomBias=/data/ACDC-C/datalist.json#RandomBias ... \\
-        --epochs 600 --override crop_size=192 --override batch_size=10 --override learning_rate=0.0001
+Every arm uses the same data, seeds, budget, learning-rate schedule and checkpoint selection. Each run is the
+bundle's own training workflow (``python -m monai.bundle run training``) saving the model after each budget in
+``--budgets`` (a learning curve from one run); each of those models is evaluated by ``evaluate.json`` on every test
+domain. Results go to the ledger (:mod:`tools.robustness.ledger`, ``docs/results/<tag>/runs/``), which the report
+(:mod:`tools.robustness.report`) reads alone. Started again with the same arguments, the experiment continues where
+it stopped: evaluated budgets are skipped, trainings resume from their last epoch (``--resume True``), on any machine
+for what the ledger holds. From the repository root::
 
-Finished runs are reused when the script is started again with the same arguments (``--fresh`` retrains).
+    nice -n 19 python -m tools.robustness                                 # synthetic few-shot suite, CPU defaults
+    python -m tools.robustness --protocol paper --device cuda --jobs 3    # the paper's full protocol on one GPU
+    python -m tools.robustness --report_only                              # tables and plots from the ledger
+
+Real data take ``--dataset_dir``, ``--datalist``, ``--test_set NAME=DATALIST#KEY`` (repeatable) and ``--in_domain``.
 """
 
 from __future__ import annotations
@@ -26,39 +29,75 @@ import argparse
 import ast
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+
 from scripts import bundle_root
-from scripts.evaluation.report import (
-    box_plot,
-    fmt,
-    paper_table,
-    read_csv,
-    seed_summary,
-    seed_table,
-    write_csv,
-)
+from scripts.evaluation.metrics import METRIC_KEYS
+from scripts.evaluation.report import read_csv
+from scripts.inference.quality import QUALITY_KEYS
 
 from ..machine import cpu_model
+from .ledger import Ledger, RunSpec, config_key
 
-__all__ = ["DEFAULT_BUDGET", "METHODS", "evaluation_command", "main", "training_command"]
+__all__ = [
+    "ARMS",
+    "PROTOCOLS",
+    "Experiment",
+    "evaluation_command",
+    "main",
+    "parse_override",
+    "training_command",
+]
 
 logger = logging.getLogger(__name__)
 
-METHODS = {"standard": False, "cooperative": True}  # method -> latent_da
-METHOD_LABELS = {"standard": "Standard training", "cooperative": "Cooperative training"}
-# Default budget of the synthetic suite, chosen to finish in about 40 minutes on a 2-core CPU (both methods, three
-# seeds, every evaluation); see docs/evaluation.md for the measurement behind it.
-DEFAULT_BUDGET = {"epochs": 3, "train_subjects": 24, "val_subjects": 4, "test_subjects": 8}
-CRITERION = {"shifted_gain": 0.05, "in_domain_loss": 0.01}
+ARMS: dict[str, dict[str, Any]] = {
+    "standard": {"latent_da": False},
+    "augmented": {"latent_da": False, "strong_augmentation": True},
+    "cooperative": {"latent_da": True},
+}
+ARM_LABELS = {
+    "standard": "Standard training",
+    "augmented": "Standard + strong image augmentation",
+    "cooperative": "Cooperative training (latent DA)",
+}
+# Shared settings. The learning rate is constant, so a model saved after N iterations is the model of an N-iteration
+# run (a decaying schedule would tie every budget to the longest one).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "default": {
+        "budgets": [250, 500, 1000, 1500],
+        "seeds": [0, 1, 2],
+        "overrides": {"lr_policy": "constant", "learning_rate": 0.001, "val_interval": 10},
+        "eval_overrides": {"crop_size": 192},
+        "train_subjects": 10,
+        "val_subjects": 5,
+        "test_subjects": 10,
+    },
+    # the reference implementation's protocol: 192 x 192 crops, 10 + 10 slices, Adam 1e-4 constant, about 12k
+    # iterations (600 epochs of the 10-subject few-shot set)
+    "paper": {
+        "budgets": [1000, 2000, 4000, 8000, 12000],
+        "seeds": [0, 1, 2],
+        "overrides": {"lr_policy": "constant", "learning_rate": 0.0001, "crop_size": 192, "batch_size": 10,
+                      "val_interval": 20},  # fmt: skip
+        "eval_overrides": {"crop_size": 192},
+        "train_subjects": 10,
+        "val_subjects": 5,
+        "test_subjects": 20,
+    },
+}
+EVALUATION_VERSION = 2  # bump when the metrics computed per volume change
 
 
 def _cli_value(value: Any) -> str:
@@ -79,260 +118,193 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def training_command(
-    bundle: Path,
-    run: Path,
-    dataset_dir: str,
-    datalist: str,
-    seed: int,
-    latent_da: bool,
-    epochs: int,
-    overrides: Mapping[str, Any],
+    bundle: Path, run: Path, dataset_dir: str, datalist: str, seed: int, epochs: int, overrides: Mapping[str, Any]
 ) -> list[str]:
-    """``python -m monai.bundle run training`` with this run's overrides (outputs inside ``run``)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        str(bundle / "configs" / "train.json"),
-        "--bundle_root",
-        str(bundle),
-        "--dataset_dir",
-        dataset_dir,
-        "--datalist",
-        datalist,
-        "--seed",
-        str(seed),
-        "--latent_da",
-        repr(latent_da),
-        "--epochs",
-        str(epochs),
-        "--ckpt_dir",
-        str(run / "models"),
-        "--output_dir",
-        str(run / "logs"),
-    ]
+    """``python -m monai.bundle run training`` with this run's overrides (checkpoints and logs inside ``run``)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--config_file", str(bundle / "configs" / "train.json"), "--bundle_root", str(bundle),
+           "--dataset_dir", dataset_dir, "--datalist", datalist, "--seed", str(seed), "--epochs", str(epochs),
+           "--ckpt_dir", str(run / "models"), "--output_dir", str(run / "logs")]  # fmt: skip
     for key, value in overrides.items():
         cmd += [f"--{key}", _cli_value(value)]
     return cmd
 
 
 def evaluation_command(
-    bundle: Path, run: Path, test_sets: Mapping[str, str], model_name: str, overrides: Mapping[str, Any]
+    bundle: Path,
+    ckpt: Path,
+    eval_dir: Path,
+    test_sets: Mapping[str, str],
+    model_name: str,
+    overrides: Mapping[str, Any],
 ) -> list[str]:
-    """``python -m monai.bundle run evaluating`` on train.json + evaluate.json for this run's best checkpoint."""
+    """``python -m monai.bundle run evaluating`` (train.json + evaluate.json) of one checkpoint on every test set."""
     configs = [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "evaluating",
-        "--config_file",
-        repr(configs),
-        "--bundle_root",
-        str(bundle),
-        "--ckpt_path",
-        str(run / "models" / "model.pt"),
-        "--eval_dir",
-        str(run / "eval"),
-        "--model_name",
-        model_name,
-        "--test_sets",
-        repr(dict(test_sets)),
-    ]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", repr(configs),
+           "--bundle_root", str(bundle), "--ckpt_path", str(ckpt), "--eval_dir", str(eval_dir),
+           "--model_name", model_name, "--test_sets", repr(dict(test_sets))]  # fmt: skip
     for key, value in overrides.items():
         cmd += [f"--{key}", _cli_value(value)]
     return cmd
 
 
 def run_logged(cmd: Sequence[str], log_path: Path, bundle: Path, threads: int | None = None) -> tuple[float, float]:
-    """Run ``cmd`` with its output in ``log_path``; return (wall, CPU) seconds; raise naming the log on failure.
+    """Run ``cmd`` with its output appended to ``log_path``; return (wall, CPU) seconds; raise naming the log.
 
-    ``threads`` sets the child's OpenMP/MKL thread count (torch's intra-op threads); None keeps torch's default. The
-    CPU time (user + system of that child, all its threads) measures the work independently of other load.
+    ``threads`` sets the child's OpenMP/MKL thread count (torch's intra-op threads). The CPU time (user + system of
+    that child and its threads) measures the work independently of other load on the machine.
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(bundle), os.environ.get("PYTHONPATH")) if p)}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         process = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own resource usage, even with runs in parallel
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"command failed (exit {process.returncode}); full log: {log_path}\n{tail}")
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own resource usage
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"command failed (exit {code}); full log: {log_path}\n{tail}")
     return time.time() - start, usage.ru_utime + usage.ru_stime
 
 
-def _train_run(
-    bundle: Path, run: Path, train_cmd: list[str], eval_cmd: list[str], fresh: bool, threads: int | None = None
-) -> dict[str, Any]:
-    """Train one (method, seed) unless a run with identical commands trained (or finished) earlier.
+def _slices(datalist_file: Path, key: str = "training") -> int:
+    """Training slices of a datalist (from the NIfTI headers; the bundle keeps the slice count when resampling)."""
+    content = json.loads(datalist_file.read_text())
+    total = 0
+    for entry in content[key]:
+        path = Path(entry["image"])
+        total += int(nib.load(str(path if path.is_absolute() else datalist_file.parent / path)).shape[2])
+    return total
 
-    Returns the run's record (``run/run.json``): commands, ``trained``, ``done``, wall and CPU seconds, ``reused``.
+
+class Experiment:
+    """The runs of one experiment tag: training, evaluation at every budget, ledger updates.
+
+    Args:
+        tag: results and run folder name.
+        arms: arm names of :data:`ARMS`.
+        seeds: training seeds (paired across arms).
+        budgets: iteration counts after which the model is saved and evaluated.
+        dataset_dir, datalist: the training data.
+        test_sets: ``{name: "<datalist.json>#<key>"}``.
+        overrides: bundle overrides shared by all arms (training and evaluation).
+        eval_overrides: bundle overrides of the evaluation only (e.g. its field of view).
+        results_dir: where the ledger lives (``<results_dir>/<tag>/runs``).
+        run_dir: where checkpoints and logs go (outside git).
+        data_fingerprint: identifies the training data in run keys.
+        threads: torch threads per child process.
     """
-    run.mkdir(parents=True, exist_ok=True)
-    record_path = run / "run.json"
-    if not fresh and record_path.is_file():
-        record = json.loads(record_path.read_text())
-        same = record.get("train_command") == train_cmd[1:] and record.get("eval_command") == eval_cmd[1:]
-        if same and record.get("done") and (run / "eval" / "volumes.csv").is_file():
-            logger.info("%s: finished earlier, reusing it (--fresh retrains).", run.name)
-            return {**record, "reused": True}
-        if same and record.get("trained") and (run / "models" / "model.pt").is_file():
-            logger.info("%s: trained earlier, evaluating it (--fresh retrains).", run.name)
-            return {**record, "reused": False}
-    record: dict[str, Any] = {
-        "train_command": train_cmd[1:],
-        "eval_command": eval_cmd[1:],
-        "trained": False,
-        "done": False,
-    }
-    record_path.write_text(json.dumps(record, indent=1))
-    record["train_s"], record["train_cpu_s"] = run_logged(train_cmd, run / "train.log", bundle, threads)
-    if not (run / "models" / "model.pt").is_file():
-        raise RuntimeError(f"training wrote no {run / 'models' / 'model.pt'}; see {run / 'train.log'}")
-    record["trained"] = True
-    record_path.write_text(json.dumps(record, indent=1))
-    return {**record, "reused": False}
 
+    def __init__(
+        self,
+        tag: str,
+        arms: Sequence[str],
+        seeds: Sequence[int],
+        budgets: Sequence[int],
+        dataset_dir: str,
+        datalist: str,
+        test_sets: Mapping[str, str],
+        overrides: Mapping[str, Any],
+        eval_overrides: Mapping[str, Any],
+        results_dir: Path,
+        run_dir: Path,
+        data_fingerprint: str,
+        threads: int | None = None,
+    ) -> None:
+        unknown = [a for a in arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; expected some of {list(ARMS)}.")
+        if not budgets or min(budgets) < 1:
+            raise ValueError(f"budgets must be positive iteration counts, got {list(budgets)}.")
+        self.tag = tag
+        self.arms, self.seeds, self.budgets = list(arms), list(seeds), sorted(set(int(b) for b in budgets))
+        self.dataset_dir, self.datalist = dataset_dir, datalist
+        self.test_sets = dict(test_sets)
+        self.overrides, self.eval_overrides = dict(overrides), dict(eval_overrides)
+        self.ledger = Ledger(results_dir / tag / "runs")
+        self.run_root = run_dir / tag
+        self.data_fingerprint = data_fingerprint
+        self.threads = threads
+        self.bundle = Path(bundle_root())
+        self.evaluation = {"test_sets": self.test_sets, "eval_overrides": self.eval_overrides,
+                           "version": EVALUATION_VERSION}  # fmt: skip
+        self.eval_key = config_key(self.evaluation)
+        batch = int(self.overrides.get("batch_size", 6))
+        self.iterations_per_epoch = math.ceil(_slices(Path(datalist)) / batch)
+        self.epochs = math.ceil(self.budgets[-1] / self.iterations_per_epoch)
+        self._lock = threading.Lock()
 
-def _evaluate_run(
-    bundle: Path, run: Path, record: dict[str, Any], eval_cmd: list[str], threads: int | None = None
-) -> dict[str, Any]:
-    """Evaluate a trained run (``record`` from :func:`_train_run`) unless it finished earlier."""
-    if record.get("done"):
-        return record
-    record["eval_s"], record["eval_cpu_s"] = run_logged(eval_cmd, run / "eval.log", bundle, threads)
-    record["done"] = True
-    (run / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "reused"}, indent=1))
-    return record
+    def specs(self) -> list[RunSpec]:
+        """Every run, seed by seed (so partial results are complete per seed), cooperative first in each seed."""
+        order = sorted(self.arms, key=lambda a: a != "cooperative")
+        return [
+            RunSpec(arm, seed, {**self.overrides, **ARMS[arm], "checkpoint_iterations": self.budgets},
+                    self.data_fingerprint)  # fmt: skip
+            for seed in self.seeds
+            for arm in order
+        ]
 
+    def pending(self, spec: RunSpec) -> list[int]:
+        done = set(self.ledger.evaluated_iterations(spec, self.eval_key))
+        return [b for b in self.budgets if b not in done]
 
-def write_results(
-    rows: list[dict[str, Any]],
-    results_dir: Path,
-    tag: str,
-    test_sets: Sequence[str],
-    in_domain: str,
-    context: Mapping[str, Any],
-) -> dict[str, Path]:
-    """The experiment's outputs: ``<tag>_volumes.csv``, ``<tag>_robustness.md``, ``<tag>_summary.txt``,
-    ``<tag>_summary.json``, ``<tag>_dice.png`` and ``<tag>_hd95.png``."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    written = {"csv": write_csv(rows, results_dir / f"{tag}_volumes.csv")}
-    summaries = {out: seed_summary(rows, test_sets, in_domain, methods, output=out) for out in ("ftn_stn", "ftn")}
-    hd95 = seed_summary(rows, test_sets, in_domain, methods, metric="hd95_mean", output="ftn_stn")
-    groups = {m: METHOD_LABELS[m] for m in methods}
-    written["dice_png"] = box_plot(
-        rows,
-        "dice_mean",
-        results_dir / f"{tag}_dice.png",
-        test_sets,
-        group_key="method",
-        groups=groups,
-        output="ftn_stn",
-        ylabel="Dice (FTN+STN)",
-        title="Dice per volume, all seeds (mean of LV, MYO, RV)",
-    )
-    written["hd95_png"] = box_plot(
-        rows,
-        "hd95_mean",
-        results_dir / f"{tag}_hd95.png",
-        test_sets,
-        group_key="method",
-        groups=groups,
-        output="ftn_stn",
-        ylabel="HD95 (mm, FTN+STN)",
-        title="HD95 per volume, all seeds (mean of LV, MYO, RV)",
-    )
-
-    text = summary_text(summaries["ftn_stn"], summaries["ftn"], context)
-    written["txt"] = results_dir / f"{tag}_summary.txt"
-    written["txt"].write_text(text + "\n")
-    written["json"] = results_dir / f"{tag}_summary.json"
-    written["json"].write_text(json.dumps({"context": dict(context), "dice": summaries, "hd95": hd95}, indent=1))
-
-    seeds = sorted({str(r["seed"]) for r in rows}, key=lambda s: (len(s), s))
-    md = [
-        f"# Robustness: standard vs cooperative training ({tag})",
-        "",
-        f"{len(seeds)} seeds ({', '.join(seeds)}) per method, identical budget and data. In-domain test set: "
-        f"`{in_domain}`; shifted: {', '.join(f'`{s}`' for s in test_sets if s != in_domain)}. Scores are mean Dice "
-        "per 3D volume (LV, MYO, RV averaged), averaged over each test set's volumes; ± is the standard deviation "
-        "over seeds. Δ rows are paired by seed.",
-        "",
-        "```",
-        text,
-        "```",
-        "",
-        "## Dice, FTN+STN (the paper's final prediction)",
-        "",
-        seed_table(summaries["ftn_stn"], test_sets, METHOD_LABELS),
-        "",
-        "## Dice, FTN alone",
-        "",
-        seed_table(summaries["ftn"], test_sets, METHOD_LABELS),
-        "",
-        "## The paper's table shape (per-set columns FTN, all seeds pooled)",
-        "",
-        paper_table(rows, test_sets, row_key="method", row_order=methods, row_labels=METHOD_LABELS),
-        "",
-        "## HD95 (mm), FTN+STN",
-        "",
-        seed_table(hd95, test_sets, METHOD_LABELS, digits=2),
-        "",
-        f"![Dice per volume]({written['dice_png'].name})",
-        "",
-        f"![HD95 per volume]({written['hd95_png'].name})",
-        "",
-        "## Setup",
-        "",
-        *[f"- {k}: {v}" for k, v in context.items() if k != "domains"],
-    ]
-    if context.get("domains"):
-        md += ["", "## Test domains", "", *[f"- `{k}`: {v}" for k, v in context["domains"].items()]]
-    written["md"] = results_dir / f"{tag}_robustness.md"
-    written["md"].write_text("\n".join(md) + "\n")
-    return written
-
-
-def summary_text(ftn_stn: Mapping[str, Any], ftn: Mapping[str, Any], context: Mapping[str, Any]) -> str:
-    """A few lines: in-domain and shifted-average Dice per method (mean ± sd over seeds, range), the paired
-    differences and whether the issue's criterion (>= +0.05 shifted, >= -0.01 in-domain, FTN+STN) is met."""
-    lines = []
-    for label, summary in (("FTN+STN", ftn_stn), ("FTN", ftn)):
-        for method, stats in summary["groups"].items():
-            ind, shf = stats["in_domain"], stats["shifted_avg"]
-            lines.append(
-                f"{label:8s} {METHOD_LABELS.get(method, method):22s} in-domain {fmt(ind['mean'], ind['sd'])} "
-                f"[{ind['min']:.3f}, {ind['max']:.3f}]   shifted avg {fmt(shf['mean'], shf['sd'])} "
-                f"[{shf['min']:.3f}, {shf['max']:.3f}]   (n = {shf['n']} seeds)"
+    def run(self, spec: RunSpec) -> dict[str, Any]:
+        """Train (or resume) one run as far as needed, evaluate its pending budgets, update the ledger."""
+        pending = self.pending(spec)
+        if not pending:
+            logger.info("%s: every budget evaluated earlier (ledger %s)", spec.name, spec.key)
+            return self.ledger.record(spec)
+        folder = self.run_root / spec.key
+        models = folder / "models"
+        missing = [b for b in pending if not (models / f"model_iter{b:06d}.pt").is_file()]
+        record = self.ledger.write_record(spec, machine=f"{os.cpu_count()} CPUs, {cpu_model()}",
+                                          threads=self.threads, epochs=self.epochs)  # fmt: skip
+        if missing:
+            resume = any(models.glob("training_state_*.pt"))
+            overrides = {**spec.overrides, "resume": resume}
+            cmd = training_command(self.bundle, folder, self.dataset_dir, self.datalist, spec.seed, self.epochs,
+                                   overrides)  # fmt: skip
+            logger.info("%s: training %s (ledger %s)", spec.name, "resumed" if resume else "from the start", spec.key)
+            wall, cpu = run_logged(cmd, folder / "train.log", self.bundle, self.threads)
+            record = self.ledger.write_record(
+                spec, train_s=record.get("train_s", 0.0) + wall, train_cpu_s=record.get("train_cpu_s", 0.0) + cpu
             )
-    coop = ftn_stn["groups"].get("cooperative", {})
-    delta = coop.get("delta_vs_standard")
-    if delta:
-        gain, loss = delta["shifted_avg"], delta["in_domain"]
-        met = gain["mean"] >= CRITERION["shifted_gain"] and loss["mean"] >= -CRITERION["in_domain_loss"]
-        lines.append(
-            f"Cooperative - standard (FTN+STN, paired by seed): shifted {gain['mean']:+.3f} ± {gain['sd']:.3f} "
-            f"[{gain['min']:+.3f}, {gain['max']:+.3f}], in-domain {loss['mean']:+.3f} ± {loss['sd']:.3f} "
-            f"[{loss['min']:+.3f}, {loss['max']:+.3f}]"
-        )
-        lines.append(
-            f"Criterion (shifted >= +{CRITERION['shifted_gain']:.2f}, in-domain >= -{CRITERION['in_domain_loss']:.2f}):"
-            f" {'MET' if met else 'NOT MET'}"
-        )
-    if context.get("wall_time_min") is not None:
-        lines.append(f"Wall time {context['wall_time_min']:.1f} min; budget: {context.get('budget', '')}")
-    return "\n".join(lines)
+            still = [b for b in missing if not (models / f"model_iter{b:06d}.pt").is_file()]
+            if still:
+                raise RuntimeError(f"{spec.name}: training saved no model at iterations {still}; see {folder}")
+        for budget in pending:
+            eval_dir = folder / "eval" / f"iter{budget:06d}"
+            cmd = evaluation_command(self.bundle, models / f"model_iter{budget:06d}.pt", eval_dir, self.test_sets,
+                                     spec.arm, {**self.overrides, **self.eval_overrides})  # fmt: skip
+            wall, cpu = run_logged(cmd, folder / "eval.log", self.bundle, self.threads)
+            rows = read_csv(eval_dir / "volumes.csv")
+            columns = [c for c in (*METRIC_KEYS, *QUALITY_KEYS) if c in rows[0]]
+            with self._lock:
+                self.ledger.write_evaluation(spec, self.eval_key, self.evaluation, budget, rows, columns)
+                record = self.ledger.write_record(spec, eval_s=record.get("eval_s", 0.0) + wall,
+                                                  eval_cpu_s=record.get("eval_cpu_s", 0.0) + cpu)  # fmt: skip
+            logger.info("%s: %d iterations evaluated on %d test sets", spec.name, budget, len(self.test_sets))
+        return record
+
+    def run_all(self, jobs: int = 1) -> None:
+        specs = self.specs()
+        logger.info(
+            "%d runs x %d budgets (%s iterations; %d epochs of %d iterations), %d at a time, %s thread(s) each",
+            len(specs), len(self.budgets), self.budgets, self.epochs, self.iterations_per_epoch, jobs,
+            self.threads or "default",
+        )  # fmt: skip
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [pool.submit(self.run, spec) for spec in specs]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # start nothing new; finished work is in the ledger
+                raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,183 +314,113 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     root = Path(bundle_root())
-    parser.add_argument("--run_dir", default=str(root / "runs" / "robustness"), help="run folders (checkpoints, logs)")
-    parser.add_argument("--results_dir", default=str(root.parent / "docs" / "results"), help="where results go")
-    parser.add_argument("--tag", default=None, help="results file prefix (default: synthetic, or real)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--epochs", type=int, default=DEFAULT_BUDGET["epochs"], help="training epochs per run")
-    parser.add_argument(
-        "--override",
-        type=parse_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="bundle override for training and evaluation, e.g. crop_size=192 (repeatable)",
-    )
-    parser.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=2,
-        help="runs at a time; single-thread runs side by side use 2 cores without thread contention",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads per run (OMP_NUM_THREADS; default: CPUs / jobs when --jobs > 1)",
-    )
-    synthetic = parser.add_argument_group("synthetic domain-shift suite (used when --dataset_dir is not given)")
-    synthetic.add_argument("--train_subjects", type=int, default=DEFAULT_BUDGET["train_subjects"])
-    synthetic.add_argument("--val_subjects", type=int, default=DEFAULT_BUDGET["val_subjects"])
-    synthetic.add_argument(
-        "--test_subjects",
-        type=int,
-        default=DEFAULT_BUDGET["test_subjects"],
-        help="test subjects per domain (the same subjects in every domain)",
-    )
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), default="default", help="preset of the settings below")
+    parser.add_argument("--tag", default=None, help="results folder name (default: synthetic_<protocol>, or real)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the protocol's")
+    parser.add_argument("--budgets", type=int, nargs="+", default=None, help="iterations (default: the protocol's)")
+    parser.add_argument("--override", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
+                        help="bundle override for all arms, training and evaluation (repeatable)")  # fmt: skip
+    parser.add_argument("--eval_override", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
+                        help="bundle override for evaluation only (repeatable)")  # fmt: skip
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the bundle's choice)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: CPUs / jobs)")
+    parser.add_argument("--run_dir", default=str(root / "runs" / "robustness"), help="checkpoints and logs")
+    parser.add_argument("--results_dir", default=str(root.parent / "docs" / "results"), help="ledger and report")
+    parser.add_argument("--report_only", action="store_true", help="rebuild the report from the ledger, run nothing")
+    synthetic = parser.add_argument_group("synthetic suite (used when --dataset_dir is not given)")
+    synthetic.add_argument("--train_subjects", type=int, default=None, help="default: the protocol's (10)")
+    synthetic.add_argument("--val_subjects", type=int, default=None)
+    synthetic.add_argument("--test_subjects", type=int, default=None, help="per test domain")
     synthetic.add_argument("--data_seed", type=int, default=0)
-    synthetic.add_argument("--domains", nargs="+", default=None, help="domain names (default: all)")
+    synthetic.add_argument("--domains", nargs="+", default=None, help="test domain names (default: all)")
     synthetic.add_argument("--copies", type=int, default=1, help="artefact copies per test volume")
-    synthetic.add_argument("--cache_dir", default=None, help="suite cache (default: $COOPSEG_CACHE_DIR or ~/.cache)")
+    synthetic.add_argument("--cache_dir", default=None, help="default: $COOPSEG_CACHE_DIR or ~/.cache/coopseg")
     real = parser.add_argument_group("real data")
     real.add_argument("--dataset_dir", default=None, help="training data root (e.g. scripts.data.acdc output)")
     real.add_argument("--datalist", default=None, help="training datalist (default: <dataset_dir>/datalist.json)")
-    real.add_argument(
-        "--test_set", action="append", default=[], metavar="NAME=DATALIST[#KEY]", help="a named test set (repeatable)"
-    )
-    real.add_argument("--in_domain", default=None, help="the in-domain test set (default: source / the first)")
+    real.add_argument("--test_set", action="append", default=[], metavar="NAME=DATALIST[#KEY]", help="repeatable")
+    real.add_argument("--in_domain", default=None, help="the in-domain test set (default: the first)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    start = time.time()
-    bundle = Path(bundle_root())
-    overrides = dict(args.override)
-    context: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{os.cpu_count()} CPUs, {cpu_model()}",
-        "command": "python -m tools.robustness " + " ".join(argv if argv is not None else sys.argv[1:]),
+def _setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Data, test sets and the settings of the chosen protocol, from the command line."""
+    protocol = PROTOCOLS[args.protocol]
+    overrides = {**protocol["overrides"], **dict(args.override)}
+    if args.device:
+        overrides["device"] = f"$torch.device('{args.device}')"
+    setup: dict[str, Any] = {
+        "seeds": args.seeds or protocol["seeds"],
+        "budgets": args.budgets or protocol["budgets"],
+        "overrides": overrides,
+        "eval_overrides": {**protocol["eval_overrides"], **dict(args.eval_override)},
     }
     if args.dataset_dir:
         if not args.test_set:
             raise SystemExit("--dataset_dir needs at least one --test_set NAME=DATALIST[#KEY].")
         dataset_dir = str(Path(args.dataset_dir).resolve())
-        datalist = str(Path(args.datalist).resolve()) if args.datalist else str(Path(dataset_dir) / "datalist.json")
+        datalist = Path(args.datalist).resolve() if args.datalist else Path(dataset_dir) / "datalist.json"
         test_sets = {}
         for spec in args.test_set:
             name, _, path = spec.partition("=")
             if not path:
                 raise SystemExit(f"--test_set {spec!r}: expected NAME=DATALIST[#KEY].")
             test_sets[name] = path
-        in_domain = args.in_domain or next(iter(test_sets))
-        tag = args.tag or "real"
-        context["budget"] = f"{args.epochs} epochs; overrides {overrides or 'none'}"
-    else:
-        from .domains import ensure_domain_suite, preview_domains
+        setup.update(tag=args.tag or "real", dataset_dir=dataset_dir, datalist=str(datalist), test_sets=test_sets,
+                     in_domain=args.in_domain or next(iter(test_sets)), groups={},
+                     fingerprint=config_key({"datalist": datalist.read_text()}))  # fmt: skip
+        return setup
+    from .domains import ensure_test_domains, ensure_training_data
 
-        suite = ensure_domain_suite(
-            args.cache_dir,
-            args.train_subjects,
-            args.val_subjects,
-            args.test_subjects,
-            args.data_seed,
-            args.domains,
-            args.copies,
-        )
-        dataset_dir, datalist = str(suite), str(suite / "datalist.json")
-        content = json.loads((suite / "datalist.json").read_text())
-        test_sets = {name: f"{datalist}#{name}" for name in content["domains"]}
-        in_domain = "source"
-        tag = args.tag or "synthetic"
-        context["budget"] = (
-            f"{args.epochs} epochs, {args.train_subjects} training / {args.val_subjects} validation "
-            f"subjects (ED + ES), {args.test_subjects} test subjects per domain; overrides "
-            f"{overrides or 'none'}"
-        )
-        context["data"] = f"synthetic domain-shift suite {suite.name}"
-        context["domains"] = content["domains"]
-        preview_domains(suite, Path(args.results_dir) / f"{tag}_domains.png")
-    if in_domain not in test_sets:
-        raise SystemExit(f"--in_domain {in_domain!r} is not one of the test sets {list(test_sets)}.")
-
-    run_root = Path(args.run_dir) / tag
-    # longest first (cooperative runs cost about twice as much), so parallel workers finish together
-    jobs = sorted(
-        ((seed, method) for seed in args.seeds for method in args.methods),
-        key=lambda job: (job[1] != "cooperative", args.seeds.index(job[0])),
+    n_train = args.train_subjects or protocol["train_subjects"]
+    n_val = args.val_subjects or protocol["val_subjects"]
+    n_test = args.test_subjects or protocol["test_subjects"]
+    training = ensure_training_data(args.cache_dir, n_train, n_val, args.data_seed)
+    suite = ensure_test_domains(args.cache_dir, n_test, args.data_seed, args.domains, args.copies)
+    content = json.loads((suite / "datalist.json").read_text())
+    setup.update(
+        tag=args.tag or f"synthetic_{args.protocol}",
+        dataset_dir=str(training),
+        datalist=str(training / "datalist.json"),
+        test_sets={name: f"{suite / 'datalist.json'}#{name}" for name in content["domains"]},
+        in_domain="source",
+        groups=content.get("groups", {}),
+        descriptions=content["domains"],
+        suite=suite,
+        fingerprint=config_key({"training": training.name, "datalist": (training / "datalist.json").read_text()}),
     )
+    return setup
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup = _setup(args)
+    results_dir = Path(args.results_dir)
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
-    logger.info("%d runs, %d at a time, %s torch thread(s) each", len(jobs), args.jobs, threads or "default")
-    progress = {"done": 0, "seconds": 0.0}
-    lock = threading.Lock()
-    evaluations: dict[tuple[int, str], Future] = {}
+    experiment = Experiment(
+        setup["tag"], args.arms, setup["seeds"], setup["budgets"], setup["dataset_dir"], setup["datalist"],
+        setup["test_sets"], setup["overrides"], setup["eval_overrides"], results_dir, Path(args.run_dir),
+        setup["fingerprint"], threads,
+    )  # fmt: skip
+    if not args.report_only:
+        experiment.run_all(args.jobs)
+    from .report import write_report
 
-    def commands(seed: int, method: str) -> tuple[Path, list[str], list[str]]:
-        run = run_root / f"{method}_seed{seed}"
-        train_cmd = training_command(bundle, run, dataset_dir, datalist, seed, METHODS[method], args.epochs, overrides)
-        return run, train_cmd, evaluation_command(bundle, run, test_sets, method, overrides)
+    if setup.get("suite") is not None:
+        from .domains import preview_domains
 
-    def evaluate(job: tuple[int, str], record: dict[str, Any]) -> dict[str, Any]:
-        seed, method = job
-        run, _, eval_cmd = commands(seed, method)
-        record = _evaluate_run(bundle, run, record, eval_cmd, threads)
-        with lock:
-            progress["done"] += 1
-            if not record["reused"]:
-                progress["seconds"] += record.get("train_s", 0) + record["eval_s"]
-            left = (len(jobs) - progress["done"]) * progress["seconds"] / progress["done"] / max(1, args.jobs) / 60
-            logger.info(
-                "[%d/%d] %s, seed %d done: training %.1f min, evaluation %.1f min%s; about %.0f min left",
-                progress["done"],
-                len(jobs),
-                method,
-                seed,
-                record.get("train_s", 0) / 60,
-                record.get("eval_s", 0) / 60,
-                " (reused)" if record["reused"] else "",
-                left,
-            )
-        return record
-
-    def train(job: tuple[int, str]) -> None:
-        seed, method = job
-        run, train_cmd, eval_cmd = commands(seed, method)
-        logger.info("%s, seed %d: training in %s", method, seed, run)
-        record = _train_run(bundle, run, train_cmd, eval_cmd, args.fresh, threads)
-        # queued behind the remaining trainings: short evaluations fill the workers' idle time at the end
-        evaluations[job] = pool.submit(evaluate, job, record)
-
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        try:
-            for future in [pool.submit(train, job) for job in jobs]:
-                future.result()
-            records = {job: evaluations[job].result() for job in jobs}
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # start nothing new; finished runs are reused next time
-            raise
-    rows: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for method in args.methods:
-            record = records[(seed, method)]
-            run = run_root / f"{method}_seed{seed}"
-            rows += [{**r, "method": method, "seed": seed} for r in read_csv(run / "eval" / "volumes.csv")]
-            context[f"time_{method}_seed{seed}"] = (
-                f"training {record.get('train_s', 0) / 60:.1f} min (CPU {record.get('train_cpu_s', 0) / 60:.1f} min), "
-                f"evaluation {record.get('eval_s', 0) / 60:.1f} min (CPU {record.get('eval_cpu_s', 0) / 60:.1f} min)"
-                + (" (reused)" if record["reused"] else "")
-            )
-    context["parallel"] = f"{args.jobs} run(s) at a time, {threads or 'default'} torch thread(s) each"
-    context["wall_time_min"] = round((time.time() - start) / 60, 1)
-    written = write_results(rows, Path(args.results_dir), tag, list(test_sets), in_domain, context)
-    print(written["txt"].read_text())
-    for path in written.values():
+        preview_domains(setup["suite"], results_dir / setup["tag"] / "domains.png")
+    written = write_report(
+        experiment.ledger, results_dir / setup["tag"], experiment.eval_key, setup["in_domain"],
+        [n for n in setup["test_sets"] if n != setup["in_domain"]], setup["groups"], args.arms, experiment.budgets,
+        context={"command": "python -m tools.robustness " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "protocol": args.protocol, "overrides": setup["overrides"], "eval_overrides": setup["eval_overrides"],
+                 "descriptions": setup.get("descriptions", {}), "epochs": experiment.epochs,
+                 "iterations_per_epoch": experiment.iterations_per_epoch},
+    )  # fmt: skip
+    for path in written:
         print(path)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

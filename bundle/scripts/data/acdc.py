@@ -228,7 +228,8 @@ def _check_frame(image_path: Path, label_path: Path, cine_shape: tuple[int, ...]
 
 
 def prepare_patient(patient_dir: str | Path, out_dir: str | Path, subset: str = "training") -> list[dict[str, Any]]:
-    """Copy a patient's ED and ES frames and write their remapped labels; return the two datalist entries.
+    """Copy a patient's ED and ES frames and write their remapped labels; return the two datalist entries (with
+    ``height_cm`` and ``weight_kg`` when ``Info.cfg`` gives Height and Weight, for BSA-indexed function indices).
 
     Checks (each a :class:`DatasetError` naming the file): ``Info.cfg`` present and sane; the ED/ES frame and
     ``_gt`` files present; frames 3D with labels of the same shape; the 4D cine (when present) 4D, with the frames'
@@ -285,6 +286,10 @@ def prepare_patient(patient_dir: str | Path, out_dir: str | Path, subset: str = 
         }
         if info.group:
             entry["group"] = info.group
+        if info.height is not None:
+            entry["height_cm"] = info.height
+        if info.weight is not None:
+            entry["weight_kg"] = info.weight
         entries.append(entry)
     return entries
 

@@ -21,6 +21,7 @@ __all__ = [
     "load_nifti",
     "nifti_shape",
     "save_nifti_atomic",
+    "write_nifti",
     "copy_file_atomic",
     "spacing_of",
 ]
@@ -62,6 +63,19 @@ def _never_clobber(path: Path):
         f"{path} already exists with different content; remove it or write to another output folder "
         "(derived files are never overwritten)."
     )
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, description: str = "") -> Path:
+    """Write ``array`` as NIfTI with qform and sform set to ``affine`` (mm units), atomically; replaces ``path``."""
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    if description:
+        img.header["descrip"] = description.encode()[:79]
+    with files.atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
 
 
 def save_nifti_atomic(

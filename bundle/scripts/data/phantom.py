@@ -20,12 +20,11 @@ import logging
 import os
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..files import atomic_path
 from ..labels import by_name
+from .nifti import write_nifti
 
 __all__ = ["TISSUE_INTENSITY", "PhantomAppearance", "generate_subject", "write_phantom_dataset"]
 
@@ -489,14 +488,7 @@ def generate_subject(
 
 
 def _save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: str) -> None:
-    """Write ``array`` as NIfTI with qform and sform set to ``affine``, atomically."""
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["descrip"] = b"CoopSeg synthetic cine phantom"
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+    write_nifti(array, affine, path, "CoopSeg synthetic cine phantom")
 
 
 def write_phantom_dataset(

@@ -7,7 +7,8 @@ post-processing. Metrics (:mod:`scripts.evaluation.metrics`) are computed on tha
 spacing (in-plane after resampling, the original slice spacing).
 
 ``evaluate.json`` wires :class:`TestSetEvaluation` to the training config; :mod:`scripts.evaluation.report` writes the
-CSV, the markdown tables and the box plots.
+CSV, the markdown tables and the box plots. For test sets whose entries pair an ED and an ES volume per ``subject``,
+:mod:`scripts.evaluation.agreement` compares the function indices of the prediction (FTN + STN) with the reference's.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from monai.data.utils import affine_to_spacing
 from ..data.datalist import DatasetError, ensure_synthetic_dataset, load_datalist
 from ..inference.quality import QUALITY_KEYS
 from ..weights import load_weights, require_weights
+from .function import LabelVolumes, measure_volumes
 from .metrics import volume_metrics
 
 __all__ = [
     "OUTPUTS",
+    "FunctionVolumeCollector",
     "TestSetEvaluation",
     "VolumeMetricsCollector",
     "resolve_test_sets",
@@ -94,6 +97,30 @@ class VolumeMetricsCollector:
             for key, output in OUTPUTS.items():
                 metrics = volume_metrics(item[key], label, spacing, empty_dice=self.empty_dice)
                 self.rows.append({**base, "output": output, **metrics, **quality})
+
+
+class FunctionVolumeCollector:
+    """Evaluator handler: per volume, the entry's fields and the structure volumes (ml) of the FTN + STN prediction
+    and of the label (one-hot ``pred`` and ``label`` ``K, H, W, D`` on the evaluation grid, the label's affine)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[dict[str, Any], LabelVolumes, LabelVolumes]] = []
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for item, source in zip(outputs, batch, strict=True):
+            affine = getattr(source.get("label", item["label"]), "affine", None)
+            if affine is None:
+                raise ValueError("the label has no affine (a MONAI MetaTensor from LoadImaged is expected).")
+            fields = {k: _scalar(v) for k, v in source.items() if k not in ("image", "label")}
+            name = str(fields.get("subject", ""))
+            codes = [torch.as_tensor(item[key]).argmax(0).cpu().numpy() for key in ("pred", "label")]
+            volumes = [measure_volumes(c, np.asarray(affine), name) for c in codes]
+            self.items.append(({k: v for k, v in fields.items() if v is not None}, *volumes))
 
 
 def _parse_spec(name: str, spec: Any) -> tuple[Path, str, Path]:
@@ -163,6 +190,8 @@ class TestSetEvaluation:
         amp: autocast on CUDA.
         empty_dice: Dice when a class is absent from both prediction and label (reference: 0).
         num_workers: data loader workers.
+        function_agreement: for test sets with ED/ES pairs per subject, also write ``function_agreement.csv``/
+            ``.md``, ``function_cases.csv`` and Bland-Altman plots (:mod:`scripts.evaluation.agreement`).
     """
 
     __test__ = False  # not a pytest class
@@ -181,6 +210,7 @@ class TestSetEvaluation:
         amp: bool = False,
         empty_dice: float = 0.0,
         num_workers: int = 0,
+        function_agreement: bool = True,
     ) -> None:
         if not test_sets:
             raise ValueError("no test sets to evaluate.")
@@ -196,6 +226,8 @@ class TestSetEvaluation:
         self.amp = amp
         self.empty_dice = empty_dice
         self.num_workers = num_workers
+        self.function_agreement = function_agreement
+        self.function_volumes: dict[str, list[tuple[dict[str, Any], LabelVolumes, LabelVolumes]]] = {}
 
     def evaluate_set(self, name: str, entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per-volume rows of one test set."""
@@ -210,18 +242,36 @@ class TestSetEvaluation:
             num_workers=self.num_workers,
         )
         collector = VolumeMetricsCollector(name, empty_dice=self.empty_dice)
+        volumes = FunctionVolumeCollector() if self.function_agreement else None
         evaluator = CooperativeEvaluator(
             device=self.device,
             val_data_loader=loader,
             network=self.network,
             inferer=self.inferer,
             postprocessing=self.postprocessing,
-            val_handlers=[collector],
+            val_handlers=[collector, volumes],
             amp=self.amp,
         )
         ProgressBar(desc=name, persist=False).attach(evaluator)
         evaluator.run()
+        if volumes is not None:
+            self.function_volumes[name] = volumes.items
         return collector.rows
+
+    def write_function_agreement(self) -> list[Path]:
+        """The function agreement of the test sets with ED/ES pairs (none: nothing written)."""
+        from .agreement import function_pairs, write_agreement_report
+
+        results, notes = {}, {}
+        for name, items in self.function_volumes.items():
+            cases, remarks = function_pairs(items, name)
+            if cases or remarks:
+                results[name], notes[name] = cases, remarks
+                logger.info("%s: function indices of %d subject(s), %d note(s)", name, len(cases), len(remarks))
+        if not results:
+            logger.info("no test set pairs ED and ES volumes per subject: no function agreement written.")
+            return []
+        return write_agreement_report(results, self.output_dir, notes)
 
     def run(self) -> list[dict[str, Any]]:
         """Evaluate every test set, write the outputs into ``output_dir`` and return all rows."""
@@ -244,5 +294,7 @@ class TestSetEvaluation:
             )
             rows += [{"model": self.model_name, **r} for r in set_rows]
         written = write_evaluation_report(rows, self.output_dir, list(self.test_sets))
+        if self.function_agreement:
+            written += self.write_function_agreement()
         logger.info("evaluation written to %s", ", ".join(str(p) for p in written))
         return rows

@@ -1,0 +1,139 @@
+"""The results ledger: small files, committed to git, from which every table and plot of the experiment is rebuilt.
+
+Layout under ``docs/results/<tag>/runs/``::
+
+    <run key>/run.json                     what was trained: arm, seed, overrides, data, machine, times, status
+    <run key>/<eval key>/iter<N>.csv       per-volume metrics of the model after N iterations on every test domain
+    <run key>/<eval key>/evaluation.json   which test domains and evaluation settings the CSVs belong to
+
+A run key is a hash of everything that determines the trained weights (arm, seed, bundle overrides, the training
+data's fingerprint); an evaluation key a hash of the test domains and evaluation settings. Runs configured
+differently therefore never mix, and adding a test domain re-evaluates existing checkpoints without retraining.
+Checkpoints stay outside the ledger (and git), so another machine reuses every finished evaluation and retrains only
+what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scripts.files import write_csv_atomic, write_json_atomic
+
+__all__ = ["LEDGER_COLUMNS", "Ledger", "RunSpec", "config_key"]
+
+# per-volume columns kept in the ledger (paths and other bulky fields stay out of git)
+LEDGER_COLUMNS = ("test_set", "subject", "frame", "output")
+_FLOAT_DIGITS = 5
+
+
+def config_key(content: Mapping[str, Any]) -> str:
+    """A short stable hash of a JSON-serialisable mapping (order of keys does not matter)."""
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: an arm (its own bundle overrides) at one seed, with the shared overrides and data."""
+
+    arm: str
+    seed: int
+    overrides: Mapping[str, Any]
+    data_fingerprint: str
+
+    @property
+    def key(self) -> str:
+        return config_key(
+            {"arm": self.arm, "seed": self.seed, "overrides": dict(self.overrides), "data": self.data_fingerprint}
+        )
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}_seed{self.seed}"
+
+
+class Ledger:
+    """Reads and writes the ledger of one experiment tag (``<results_dir>/<tag>/runs``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        return self.root / spec.key
+
+    # runs -------------------------------------------------------------------------------------------------------
+    def record(self, spec: RunSpec) -> dict[str, Any]:
+        path = self.run_dir(spec) / "run.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def write_record(self, spec: RunSpec, **fields: Any) -> dict[str, Any]:
+        record = {
+            **self.record(spec),
+            "arm": spec.arm,
+            "seed": spec.seed,
+            "overrides": dict(spec.overrides),
+            "data": spec.data_fingerprint,
+            **fields,
+        }
+        write_json_atomic(self.run_dir(spec) / "run.json", record)
+        return record
+
+    # evaluations -----------------------------------------------------------------------------------------------
+    def eval_dir(self, spec: RunSpec, eval_key: str) -> Path:
+        return self.run_dir(spec) / eval_key
+
+    def evaluated_iterations(self, spec: RunSpec, eval_key: str) -> list[int]:
+        folder = self.eval_dir(spec, eval_key)
+        return sorted(int(p.stem[len("iter") :]) for p in folder.glob("iter*.csv")) if folder.is_dir() else []
+
+    def write_evaluation(
+        self,
+        spec: RunSpec,
+        eval_key: str,
+        evaluation: Mapping[str, Any],
+        iteration: int,
+        rows: Sequence[Mapping[str, Any]],
+        metric_columns: Sequence[str],
+    ) -> Path:
+        """Keep the per-volume rows of one checkpoint (identifiers, metrics, quality scores), rounded."""
+        folder = self.eval_dir(spec, eval_key)
+        write_json_atomic(folder / "evaluation.json", dict(evaluation))
+        columns = [*LEDGER_COLUMNS, *metric_columns]
+        kept = [
+            {c: (round(float(r[c]), _FLOAT_DIGITS) if c in metric_columns else r.get(c, "")) for c in columns if c in r}
+            for r in rows
+        ]
+        return write_csv_atomic(folder / f"iter{iteration:06d}.csv", kept, columns)
+
+    # reading everything -----------------------------------------------------------------------------------------
+    def rows(self, eval_key: str | None = None) -> Iterable[dict[str, Any]]:
+        """Every ledger row, with ``arm``, ``seed``, ``iteration`` and ``eval_key`` added; metrics as floats."""
+        for record_path in sorted(self.root.glob("*/run.json")):
+            record = json.loads(record_path.read_text())
+            for csv_path in sorted(record_path.parent.glob("*/iter*.csv")):
+                key = csv_path.parent.name
+                if eval_key is not None and key != eval_key:
+                    continue
+                with open(csv_path, newline="") as f:
+                    for row in csv.DictReader(f):
+                        out: dict[str, Any] = {"arm": record["arm"], "seed": int(record["seed"]), "eval_key": key}
+                        out["iteration"] = int(csv_path.stem[len("iter") :])
+                        for name, value in row.items():
+                            out[name] = value if name in LEDGER_COLUMNS else _float(value)
+                        yield out
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.root.glob("*/run.json"))]
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

@@ -1,0 +1,297 @@
+"""The experiment's report, rebuilt from the ledger alone: tables per budget, learning curves, paired differences with
+bootstrap intervals, and how well the quality score flags failed segmentations.
+
+Written to ``docs/results/<tag>/``: ``report.md``, ``learning_curves.png``, ``differences.png``,
+``quality_flag.png`` and ``summary.json`` (every number of the tables).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scripts.evaluation.report import fmt, save_figure
+from scripts.files import write_json_atomic, write_text_atomic
+
+from .ledger import Ledger
+from .stats import ScoreTable, bootstrap_difference, score_table, seed_differences
+
+__all__ = ["COMPARISONS", "FAILURE_DICE", "quality_flag_analysis", "write_report"]
+
+COMPARISONS = (("cooperative", "standard"), ("cooperative", "augmented"), ("augmented", "standard"))
+LABELS = {"standard": "standard", "augmented": "augmented", "cooperative": "cooperative"}
+COLORS = {"standard": "tab:blue", "augmented": "tab:orange", "cooperative": "tab:green"}
+FAILURE_DICE = 0.7  # a volume whose mean Dice (LV, MYO, RV) is below this counts as a failed segmentation
+
+
+def _per_budget(rows: list[dict[str, Any]], budgets: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    return {b: [r for r in rows if r["iteration"] == b] for b in budgets}
+
+
+def _group_average(summary: Mapping[str, float], groups: Mapping[str, str], group: str) -> float:
+    members = [d for d, g in groups.items() if g == group and d in summary]
+    return float(np.nanmean([summary[d] for d in members])) if members else math.nan
+
+
+def _arm_stats(
+    table: ScoreTable, arm: str, in_domain: str, shifted: Sequence[str], groups: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """Per summary column: mean, sd and range over seeds."""
+    per_seed = []
+    for seed in table.seeds(arm):
+        summary = table.summary(arm, seed, in_domain, shifted)
+        for group in sorted(set(groups.values()) - {"source"}):
+            summary[f"group:{group}"] = _group_average(summary, groups, group)
+        per_seed.append(summary)
+    out = {}
+    for key in per_seed[0] if per_seed else []:
+        values = np.array([s[key] for s in per_seed], dtype=float)
+        out[key] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1
+                    else 0.0, "min": float(np.nanmin(values)), "max": float(np.nanmax(values)), "n": len(values)}
+    return out
+
+
+def quality_flag_analysis(rows: list[dict[str, Any]], arm: str = "cooperative") -> dict[str, Any]:
+    """How well ``disagreement_score`` detects volumes with mean Dice below :data:`FAILURE_DICE`.
+
+    Rows are one budget's FTN+STN rows of ``arm`` (all domains, all seeds). The threshold is chosen on a calibration
+    half of the test subjects (Youden's J) and assessed on the other half; the AUROC is given for both and all.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    data = [r for r in rows if r["arm"] == arm and r["output"] == "ftn_stn" and not math.isnan(r["disagreement_score"])]
+    subjects = sorted({str(r["subject"]) for r in data})
+    calibration = {s for i, s in enumerate(subjects) if i % 2 == 0}
+    out: dict[str, Any] = {"arm": arm, "failure_dice": FAILURE_DICE, "n_volumes": len(data)}
+    for name, part in (("all", data), ("calibration", [r for r in data if r["subject"] in calibration]),
+                       ("held_out", [r for r in data if r["subject"] not in calibration])):  # fmt: skip
+        failed = np.array([r["dice_mean"] < FAILURE_DICE for r in part])
+        score = np.array([r["disagreement_score"] for r in part])
+        out[name] = {"n": len(part), "failures": int(failed.sum())}
+        if 0 < failed.sum() < len(part):
+            out[name]["auroc"] = float(roc_auc_score(failed, score))
+        if name == "calibration" and 0 < failed.sum() < len(part):
+            fpr, tpr, thresholds = roc_curve(failed, score)
+            best = int(np.argmax(tpr - fpr))
+            out["threshold"] = float(thresholds[best])
+        if name == "held_out" and "threshold" in out and 0 < failed.sum() < len(part):
+            flagged = score >= out["threshold"]
+            out[name]["sensitivity"] = float(flagged[failed].mean())
+            out[name]["specificity"] = float((~flagged[~failed]).mean())
+    return out
+
+
+def _plot_curves(
+    stats: dict[int, dict[str, dict[str, Any]]], arms: Sequence[str], budgets: Sequence[int], path: Path
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("in_domain", "Dice", "In-domain Dice (FTN+STN)"), ("shifted_avg", "Dice", "Shifted average Dice"),
+              ("hd95:in_domain", "HD95 (mm)", "In-domain HD95"), ("hd95:shifted_avg", "HD95 (mm)", "Shifted HD95"))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, (key, ylabel, title) in zip(axes, panels, strict=True):
+        for arm in arms:
+            pts = [(b, stats[b][arm][key]) for b in budgets if arm in stats[b] and key in stats[b][arm]]
+            if not pts:
+                continue
+            x = [b for b, _ in pts]
+            mean = np.array([s["mean"] for _, s in pts])
+            ax.plot(x, mean, "-o", color=COLORS.get(arm), label=LABELS.get(arm, arm), ms=4)
+            ax.fill_between(x, [s["min"] for _, s in pts], [s["max"] for _, s in pts], color=COLORS.get(arm),
+                            alpha=0.15)  # fmt: skip
+        ax.set_xlabel("training iterations")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Mean over seeds (line) and range over seeds (band)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def _plot_differences(differences: dict[int, dict[str, Any]], budgets: Sequence[int], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, key in zip(axes, ("shifted_avg", "in_domain"), strict=True):
+        for a, b in COMPARISONS:
+            name = f"{a}-{b}"
+            pts = [(x, differences[x][name][key]) for x in budgets if name in differences.get(x, {})]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ax.plot(xs, [d["mean"] for _, d in pts], "-o", ms=4, label=f"{a} - {b}", color=COLORS.get(a))
+            ax.fill_between(xs, [d["low"] for _, d in pts], [d["high"] for _, d in pts], alpha=0.15,
+                            color=COLORS.get(a))  # fmt: skip
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"Paired Dice difference, {key.replace('_', ' ')} (95% bootstrap interval)", fontsize=10)
+        ax.set_xlabel("training iterations")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _plot_quality(rows: list[dict[str, Any]], analysis: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [r for r in rows if r["arm"] == analysis["arm"] and r["output"] == "ftn_stn"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter([r["disagreement_score"] for r in data], [r["dice_mean"] for r in data], s=6, alpha=0.5)
+    ax.axhline(FAILURE_DICE, color="red", lw=0.8, label=f"Dice {FAILURE_DICE}")
+    if "threshold" in analysis:
+        ax.axvline(analysis["threshold"], color="black", lw=0.8, ls="--", label="flag threshold")
+    ax.set_xlabel("FTN-STN disagreement score")
+    ax.set_ylabel("mean Dice (FTN+STN)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def write_report(
+    ledger: Ledger,
+    out_dir: Path,
+    eval_key: str,
+    in_domain: str,
+    shifted: Sequence[str],
+    groups: Mapping[str, str],
+    arms: Sequence[str],
+    budgets: Sequence[int],
+    context: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Every output of the report (see the module docstring); returns the written paths."""
+    context = dict(context or {})
+    rows = list(ledger.rows(eval_key))
+    if not rows:
+        raise SystemExit(f"the ledger {ledger.root} holds no results for evaluation {eval_key} yet.")
+    budgets = [b for b in budgets if any(r["iteration"] == b for r in rows)]
+    by_budget = _per_budget(rows, budgets)
+    stats: dict[int, dict[str, dict[str, Any]]] = {}
+    differences: dict[int, dict[str, Any]] = {}
+    tables: dict[int, ScoreTable] = {}
+    for budget in budgets:
+        dice = score_table(by_budget[budget], "dice_mean")
+        hd95 = score_table(by_budget[budget], "hd95_mean")
+        tables[budget] = dice
+        stats[budget] = {}
+        for arm in (a for a in arms if a in dice.values):
+            stats[budget][arm] = _arm_stats(dice, arm, in_domain, shifted, groups)
+            for key, value in _arm_stats(hd95, arm, in_domain, shifted, groups).items():
+                stats[budget][arm][f"hd95:{key}"] = value
+        differences[budget] = {}
+        for a, b in COMPARISONS:
+            if a in dice.values and b in dice.values and set(dice.seeds(a)) & set(dice.seeds(b)):
+                boot = bootstrap_difference(dice, a, b, in_domain, shifted)
+                per_seed = seed_differences(dice, a, b, in_domain, shifted)
+                differences[budget][f"{a}-{b}"] = {
+                    **{k: vars(v) for k, v in boot.items()},
+                    "per_seed": {str(s): {"in_domain": d["in_domain"], "shifted_avg": d["shifted_avg"]}
+                                 for s, d in per_seed.items()},  # fmt: skip
+                }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        _plot_curves(stats, arms, budgets, out_dir / "learning_curves.png"),
+        _plot_differences(differences, budgets, out_dir / "differences.png"),
+    ]
+    last = budgets[-1]
+    quality = quality_flag_analysis(by_budget[last]) if "cooperative" in stats[last] else {}
+    if quality.get("n_volumes"):
+        written.append(_plot_quality(by_budget[last], quality, out_dir / "quality_flag.png"))
+    summary = {"context": context, "budgets": budgets, "in_domain": in_domain, "shifted": list(shifted),
+               "groups": dict(groups), "stats": stats, "differences": differences, "quality_flag": quality,
+               "runs": ledger.records()}  # fmt: skip
+    written.append(write_json_atomic(out_dir / "summary.json", summary))
+    text = _markdown(stats, differences, tables[last], quality, in_domain, shifted, groups, arms, budgets, context)
+    written.append(write_text_atomic(out_dir / "report.md", text))
+    return written
+
+
+def _markdown(
+    stats: dict[int, dict[str, dict[str, Any]]],
+    differences: dict[int, dict[str, Any]],
+    last_table: ScoreTable,
+    quality: dict[str, Any],
+    in_domain: str,
+    shifted: Sequence[str],
+    groups: Mapping[str, str],
+    arms: Sequence[str],
+    budgets: Sequence[int],
+    context: Mapping[str, Any],
+) -> str:
+    group_names = sorted(set(groups.values()) - {"source"})
+    lines = [
+        "# Robustness experiment: standard, augmented and cooperative training",
+        "",
+        "FTN+STN mean Dice per 3D volume (LV, MYO, RV averaged), averaged over each test set's volumes; the shifted "
+        f"average is over {len(shifted)} shifted test sets. Mean ± sd over seeds; differences are paired by seed, with "
+        "95 % hierarchical bootstrap intervals over seeds and test volumes.",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "![paired differences](differences.png)",
+        "",
+        "## Dice at every budget",
+        "",
+    ]
+    header = ["iterations", "arm", "seeds", "in-domain", "shifted avg", *[f"{g}" for g in group_names],
+              "HD95 in-domain (mm)", "HD95 shifted (mm)"]  # fmt: skip
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for b in budgets:
+        for arm in (a for a in arms if a in stats[b]):
+            s = stats[b][arm]
+            cells = [str(b), arm, str(s["in_domain"]["n"]), fmt(s["in_domain"]["mean"], s["in_domain"]["sd"]),
+                     fmt(s["shifted_avg"]["mean"], s["shifted_avg"]["sd"])]  # fmt: skip
+            cells += [fmt(s[f"group:{g}"]["mean"], s[f"group:{g}"]["sd"]) for g in group_names]
+            cells += [fmt(s["hd95:in_domain"]["mean"], s["hd95:in_domain"]["sd"], 2),
+                      fmt(s["hd95:shifted_avg"]["mean"], s["hd95:shifted_avg"]["sd"], 2)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Paired differences (FTN+STN Dice)", "",
+              "| iterations | comparison | shifted avg [95% CI] | in-domain [95% CI] | per seed (shifted) |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for b in budgets:
+        for name, d in differences[b].items():
+            seeds = ", ".join(f"{v['shifted_avg']:+.3f}" for v in d["per_seed"].values())
+            shf, ind = d["shifted_avg"], d["in_domain"]
+            lines.append(
+                f"| {b} | {name.replace('-', ' - ')} | {shf['mean']:+.3f} [{shf['low']:+.3f}, {shf['high']:+.3f}] | "
+                f"{ind['mean']:+.3f} [{ind['low']:+.3f}, {ind['high']:+.3f}] | {seeds} |"
+            )
+    last = budgets[-1]
+    domains = [in_domain, *shifted]
+    lines += ["", f"## Every test set at {last} iterations (FTN+STN Dice, mean ± sd over seeds)", "",
+              "| test set | group | " + " | ".join(a for a in arms if a in last_table.values) + " |",
+              "|---|---|" + "---|" * len([a for a in arms if a in last_table.values])]  # fmt: skip
+    for d in domains:
+        cells = [d, groups.get(d, "")]
+        for arm in (a for a in arms if a in last_table.values):
+            values = [last_table.domain_mean(arm, s, d) for s in last_table.seeds(arm)]
+            cells.append(fmt(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0))
+        lines.append("| " + " | ".join(cells) + " |")
+    if quality.get("n_volumes"):
+        held = quality.get("held_out", {})
+        lines += ["", "## Quality flag", "",
+                  f"FTN-STN disagreement score of the cooperative model at {last} iterations against failed "
+                  f"segmentations (mean Dice < {FAILURE_DICE}) over every test set and seed: AUROC "
+                  f"{quality['all'].get('auroc', float('nan')):.3f} over {quality['all']['n']} volumes "
+                  f"({quality['all']['failures']} failed). Threshold chosen on half of the test subjects (Youden's "
+                  f"J): {quality.get('threshold', float('nan')):.4f}; on the other half AUROC "
+                  f"{held.get('auroc', float('nan')):.3f}, sensitivity {held.get('sensitivity', float('nan')):.2f}, "
+                  f"specificity {held.get('specificity', float('nan')):.2f}.",
+                  "", "![quality flag](quality_flag.png)"]  # fmt: skip
+    lines += ["", "## Setup", ""]
+    lines += [f"- {k}: {v}" for k, v in context.items() if k != "descriptions"]
+    if context.get("descriptions"):
+        lines += ["", "## Test sets", "", *[f"- `{k}`: {v}" for k, v in context["descriptions"].items()]]
+    lines += ["", "![test domains](domains.png)"]
+    return "\n".join(lines) + "\n"
