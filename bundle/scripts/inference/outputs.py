@@ -1,12 +1,15 @@
 """Post-processing of the inference workflow: per-frame labels from probabilities, and atomic saving.
 
 Arrays are channel-first with frames as channels (see :mod:`scripts.inference.inferer`); by the time these run,
-``Invertd`` has mapped them back to the input's original grid.
+``Invertd`` has mapped them back to the input's original grid. Labels are saved as volumes (``output_format``
+``"nifti"``: NIfTI or any format MONAI writes, :class:`SaveVolumed`) or as DICOM-SEG on the input DICOM series
+(``"dicom_seg"``, :class:`SaveDicomSegd`); :class:`CheckOutputFormatd` checks the choice before an input is read.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,13 +18,17 @@ import torch
 from monai.config import DtypeLike, KeysCollection
 from monai.data import MetaTensor
 from monai.data.image_writer import resolve_writer
-from monai.transforms import MapTransform, SaveImaged
+from monai.transforms import MapTransform, SaveImaged, Transform
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from ..files import atomic_path
-from .inputs import volume_stem
+from ..volumes import VolumeError
+from .inputs import is_dicom_series_dir, volume_stem
 
-__all__ = ["FrameArgmaxd", "SaveVolumed"]
+__all__ = ["OUTPUT_FORMATS", "CheckOutputFormatd", "FrameArgmaxd", "SaveDicomSegd", "SaveVolumed"]
+
+OUTPUT_FORMATS = ("nifti", "dicom_seg")
+"""``nifti``: label volumes in ``output_ext`` (NIfTI by default); ``dicom_seg``: DICOM-SEG on DICOM series inputs."""
 
 logger = logging.getLogger(__name__)
 
@@ -142,4 +149,106 @@ class SaveVolumed(SaveImaged):
                 writer.write(str(tmp))
             d[f"{key}_file"] = str(path)
             logger.debug("wrote %s %s", path, tuple(values.shape))
+        return d
+
+
+def _source_of(data: Mapping[Hashable, object], key: Hashable, source_key: str) -> str:
+    """The input path of ``data``: ``data[source_key]``, else ``data[key]``'s ``filename_or_obj``, else the key."""
+    meta = getattr(data.get(key), "meta", None) or {}
+    return str(data.get(source_key) or meta.get("filename_or_obj") or key)
+
+
+def _require_dicom_series(source: str) -> None:
+    if not is_dicom_series_dir(source):
+        raise VolumeError(
+            f"{source}: output_format 'dicom_seg' needs a folder holding one DICOM series as input (DICOM-SEG "
+            "references the source instances); use output_format 'nifti' for NIfTI, NRRD or MetaImage inputs."
+        )
+
+
+class CheckOutputFormatd(Transform):
+    """Check ``output_format`` (at construction) and that each input suits it, before the input is read.
+
+    ``"dicom_seg"`` needs a DICOM series folder as input; any input suits ``"nifti"`` (then a no-op). The input path
+    is ``data[source_key]``, else ``data[image_key]`` when it is a path.
+    """
+
+    def __init__(self, output_format: str = "nifti", source_key: str = "source", image_key: str = "image") -> None:
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format {output_format!r} is unknown; choose one of {', '.join(OUTPUT_FORMATS)}.")
+        self.output_format = output_format
+        self.source_key = source_key
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Mapping[Hashable, object]:
+        if self.output_format == "dicom_seg":
+            image = data.get(self.image_key)
+            path = data.get(self.source_key) or (image if isinstance(image, str | os.PathLike) else None)
+            _require_dicom_series(str(path) if path else _source_of(data, self.image_key, self.source_key))
+        return data
+
+
+class SaveDicomSegd(MapTransform):
+    """Write ``F, H, W, D`` label codes on a DICOM series input as DICOM-SEG, ``<output_dir>/<stem>_<postfix>.dcm``.
+
+    The sibling of :class:`SaveVolumed` for DICOM inputs: same names (the input folder's name as stem), written
+    atomically, an existing output kept (the transform raises) unless ``overwrite``. The label must lie on the input
+    series' grid (after ``Invertd`` it does; its affine is checked). A cine (F > 1) gives one SEG instance per phase,
+    ``<stem>_<postfix>_phase01.dcm`` .., in one SEG series (see :func:`scripts.inference.dicom.write_dicom_seg`).
+    A non-DICOM input raises :class:`scripts.volumes.VolumeError` naming it; nothing is written then. The written
+    path (the first file for a cine) is stored under ``<key>_file``, all of them under ``<key>_files``.
+
+    Args:
+        keys: the label maps to write.
+        output_dir: where to write (created if needed).
+        output_postfix: per key, the file name suffix (``"seg"`` -> ``case1_seg.dcm``).
+        overwrite: replace existing outputs.
+        source_key: the data key holding the input path (the DICOM series folder); the array's ``filename_or_obj``
+            otherwise.
+        series_description: of the SEG series written.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        output_postfix: str | Sequence[str] = "seg",
+        overwrite: bool = False,
+        source_key: str = "source",
+        series_description: str = "CoopSeg segmentation",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = ensure_tuple_rep(output_postfix, len(self.keys))
+        self.overwrite = overwrite
+        self.source_key = source_key
+        self.series_description = series_description
+
+    def output_path(self, source: str, postfix: str) -> Path:
+        return self.output_dir / f"{volume_stem(source)}_{postfix}.dcm"
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        from .dicom import read_series_grid, write_dicom_seg
+
+        d = dict(data)
+        for key, postfix in self.key_iterator(d, self.output_postfix):
+            source = _source_of(d, key, self.source_key)
+            _require_dicom_series(source)
+            label = d[key]
+            values = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
+            affine = label.meta.get("affine") if isinstance(label, MetaTensor) else None
+            try:
+                written = write_dicom_seg(
+                    np.moveaxis(values.detach().cpu().numpy(), 0, -1),  # F, H, W, D -> H, W, D, F
+                    read_series_grid(source),
+                    self.output_path(source, postfix),
+                    overwrite=self.overwrite,
+                    affine=None if affine is None else np.asarray(affine, dtype=np.float64),
+                    series_description=self.series_description,
+                )
+            except FileExistsError as e:
+                raise FileExistsError(f"{e} Choose another --output_dir or pass --overwrite True.") from e
+            d[f"{key}_file"], d[f"{key}_files"] = str(written[0]), [str(p) for p in written]
+            logger.debug("wrote %s %s", written[0], tuple(values.shape))
         return d
