@@ -1,15 +1,20 @@
-"""Benchmark: seconds per training iteration, cooperative vs standard training, measured in one run.
+"""Benchmark: seconds per training iteration, cooperative vs standard training, and against the reference, in one run.
 
 The reference protocol's batch: 10 augmented + 10 original slices of 192 x 192 (batch 20), the reference-width
 network, one full iteration (forward, hard-example generation for cooperative training, backward, Adam step) through
 the bundle's own ``CooperativeTrainer._iteration`` with train.json's defaults (channels-last, freed CPU memory kept for
-reuse). Prints the median over ``--iters`` timed iterations after ``--warmup`` untimed ones, the ratio cooperative /
-standard, the thread count and the CPU model.
+reuse). The contenders run in turn, one iteration each per round, so that load drifts affect them alike. Prints the
+median over ``--iters`` rounds after ``--warmup`` untimed ones, the ratios, the thread count and the CPU model.
 
-    python bench/train_step.py                # reference setting
+    python bench/train_step.py                          # reference setting: standard and cooperative
+    python bench/train_step.py --reference /tmp/ref     # and the reference implementation's iterations beside them
+    python bench/train_step.py --profile                # one cooperative iteration part by part
     python bench/train_step.py --size 96 --batch 12 --iters 5
     python bench/train_step.py --size 96 --batch 12 --layouts   # cooperative, contiguous vs channels-last
     python bench/train_step.py --no-retain-memory               # glibc's default malloc (compare with a plain run)
+
+``--reference`` takes a checkout of https://github.com/cherise215/Cooperative_Training_and_Latent_Space_Data_Augmentation
+(see ``bench/_reference.py``); in the same process it also benefits from the kept freed memory.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "bundle"), str(REPO)]  # the bundle's `scripts`, the repository's `tools`
+sys.path[:0] = [str(REPO / "bundle"), str(REPO), str(REPO / "bench")]  # scripts, tools, the reference runner
 
+from scripts.engine.cooperative import (  # noqa: E402
+    LatentGradients,
+    StandardPass,
+    add_input_noise,
+    generate_hard_examples,
+    hard_terms,
+    standard_terms,
+)
 from scripts.engine.trainer import CooperativeTrainer, PairedSlicePrepareBatch, per_part_param_groups  # noqa: E402
 from scripts.model.masking import LatentMasker  # noqa: E402
 from scripts.model.networks import CoopSegNet  # noqa: E402
@@ -62,18 +75,61 @@ def synthetic_batch(half: int, size: int, seed: int = 0) -> dict[str, torch.Tens
     return {"image": image[:half], "label": label[:half], "image_orig": image[half:], "label_orig": label[half:]}
 
 
-def time_iterations(trainer: CooperativeTrainer, batch: dict, warmup: int, iters: int) -> list[float]:
-    times = []
-    for i in range(warmup + iters):
-        if trainer.state.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        trainer._iteration(trainer, batch)
-        if trainer.state.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+def timed(step, device: torch.device) -> float:
+    """Seconds of one call of ``step()``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+class _Clock:
+    """Accumulates the seconds of named blocks: ``with clock("part"): ...``."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[float]] = {}
+        self._name, self._start = "", 0.0
+
+    def __call__(self, name: str) -> _Clock:
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.parts.setdefault(self._name, []).append(time.perf_counter() - self._start)
+
+
+def profile_parts(trainer: CooperativeTrainer, batch: dict, rounds: int) -> dict[str, float]:
+    """Median seconds of each part of a cooperative iteration, computed as ``_iteration`` computes it."""
+    net, device = trainer.network, trainer.state.device
+    image, label = trainer.prepare_batch(batch, device)
+    image = image.contiguous(memory_format=torch.channels_last)
+    clock = _Clock()
+    for _ in range(rounds + 1):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        net.train()
+        schemes = trainer.image_masker.draw_scheme(), trainer.shape_masker.draw_scheme()
+        with clock("standard forward"):
+            std: StandardPass = standard_terms(net, add_input_noise(image), image, label)
+        with clock("latent gradients (targeted masks)"):
+            grads = LatentGradients(std, *schemes)
+        with clock("standard backward"):
+            torch.stack(list(std.losses.values())).sum().backward()
+        with clock("masking + decoding hard examples"):
+            hard = generate_hard_examples(net, std.z_image, std.z_shape, image, label, trainer.image_masker,
+                                          trainer.shape_masker, *schemes, grads)  # fmt: skip
+        with clock("hard forward"):
+            losses = hard_terms(net, hard, image, label)
+        with clock("hard backward"):
+            torch.stack(list(losses.values())).sum().backward()
+        with clock("optimiser step"):
+            trainer.optimizer.step()
+    return {k: statistics.median(v[1:]) for k, v in clock.parts.items()}
 
 
 def main() -> None:
@@ -86,6 +142,8 @@ def main() -> None:
     parser.add_argument(
         "--layouts", action="store_true", help="compare cooperative training in contiguous and channels-last layout"
     )
+    parser.add_argument("--reference", default=None, help="checkout of the reference implementation to time beside")
+    parser.add_argument("--profile", action="store_true", help="one cooperative iteration, part by part")
     parser.add_argument(
         "--no-retain-memory",
         action="store_true",
@@ -96,38 +154,56 @@ def main() -> None:
     retain = not args.no_retain_memory
     device = torch.device(args.device)
     batch = synthetic_batch(args.batch // 2, args.size)
-    results = {}
-    # Interleave the two modes so that machine load drifts affect both alike.
-    if args.layouts:
-        trainers = {
-            "contiguous": make_trainer(True, device, 0, False, retain),
-            "channels_last": make_trainer(True, device, 0, True, retain),
-        }
-    else:
-        trainers = {
-            "standard": make_trainer(False, device, 0, True, retain),
-            "cooperative": make_trainer(True, device, 0, True, retain),
-        }
-    samples: dict[str, list[float]] = {k: [] for k in trainers}
-    for trainer in trainers.values():
-        time_iterations(trainer, batch, args.warmup, 0)
-    for _ in range(args.iters):
-        for name, trainer in trainers.items():
-            samples[name] += time_iterations(trainer, batch, 0, 1)
-    for name, times in samples.items():
-        results[name] = statistics.median(times)
     print(
         f"device: {device} | torch {torch.__version__} | threads: {torch.get_num_threads()} | cpu: {cpu_model()} | "
         f"freed memory kept: {retain}"
     )
-    print(
-        f"batch {args.batch} ({args.batch // 2} + {args.batch // 2}), {args.size} x {args.size}, "
-        f"median of {args.iters} iterations after {args.warmup} warm-up"
-    )
+    print(f"batch {args.batch} ({args.batch // 2} + {args.batch // 2}), {args.size} x {args.size}")
+    if args.profile:
+        trainer = make_trainer(True, device, 0, True, retain)
+        parts = profile_parts(trainer, batch, args.iters)
+        total = sum(parts.values())
+        print(f"cooperative iteration, median of {args.iters} after 1 warm-up, part by part:")
+        for name, seconds in parts.items():
+            print(f"  {name:36s} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
+        print(f"  {'total':36s} {total:7.3f} s")
+        return
+    steps = {}
+    if args.layouts:
+        for name, channels_last in (("contiguous", False), ("channels_last", True)):
+            trainer = make_trainer(True, device, 0, channels_last, retain)
+            steps[name] = (lambda t=trainer: t._iteration(t, batch))
+    else:
+        for name, latent_da in (("standard", False), ("cooperative", True)):
+            trainer = make_trainer(latent_da, device, 0, True, retain)
+            steps[name] = (lambda t=trainer: t._iteration(t, batch))
+    if args.reference:
+        from _reference import ReferenceStep
+
+        image = torch.cat([batch["image"], batch["image_orig"]])
+        label = torch.cat([batch["label"], batch["label_orig"]])[:, 0].long()
+        for name, latent_da in (("reference standard", False), ("reference cooperative", True)):
+            reference = ReferenceStep(args.reference, latent_da, device)
+            steps[name] = (lambda r=reference: r(image, label))
+    samples: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            timed(step, device)
+    for _ in range(args.iters):  # in turn, so that load drifts affect every contender alike
+        for name, step in steps.items():
+            samples[name].append(timed(step, device))
+    results = {name: statistics.median(times) for name, times in samples.items()}
+    print(f"median of {args.iters} rounds after {args.warmup} warm-up")
     for name, value in results.items():
-        print(f"{name:12s} {value:8.3f} s/iteration")
-    first, second = results
-    print(f"ratio {second} / {first}: {results[second] / results[first]:.2f}")
+        print(f"{name:24s} {value:8.3f} s/iteration")
+    names = list(results)
+    print(f"ratio {names[1]} / {names[0]}: {results[names[1]] / results[names[0]]:.2f}")
+    if args.reference:
+        coop = results["cooperative"] / results["reference cooperative"]
+        print(f"ratio cooperative / reference cooperative: {coop:.2f}")
+        print(f"ratio standard / reference standard: {results['standard'] / results['reference standard']:.2f}")
+        ref = results["reference cooperative"] / results["reference standard"]
+        print(f"ratio reference cooperative / reference standard: {ref:.2f}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ class VolumeSliceDataset(Randomizable, torch.utils.data.Dataset):
     Volumes are ``1, H, W, D`` after ``volume_transform`` (load, channel first, normalise, resample), which runs once
     per volume and is cached. The index enumerates all ``D`` slices of every volume; as in the reference, a slice
     whose label is empty is served by a random labelled slice of the same volume, so empty slices are never trained
-    on and labelled ones are drawn more often. ``slice_transform`` (augmentation) runs on every draw.
+    on and labelled ones are drawn more often. ``slice_transform`` (augmentation) runs on every draw. MONAI's patch
+    datasets sample slices too, but not with this replacement rule, which the reference's training relies on.
 
     Args:
         data: MONAI-style list of ``{"image": path, "label": path, ...}``; the ``data`` key that MONAI Label and

@@ -20,7 +20,8 @@ class RandBrightnessFluctuationd(RandomizableTransform, MapTransform):
     """``x * s + b`` with ``s ~ U(scale_range)`` and ``b ~ U(shift_range)``, clipped to the input's own [min, max].
 
     The reference's ``RandomBrightnessFluctuation`` (p = 0.5, scale U(0.8, 1.2), shift U(-0.1, 0.1)); one draw is
-    shared by all ``keys``.
+    shared by all ``keys``. MONAI's ``RandScaleIntensityd`` and ``RandShiftIntensityd`` draw scale and shift with
+    separate probabilities and do not clip back to the slice's own range.
     """
 
     def __init__(

@@ -232,7 +232,8 @@ class SaveAtIterations:
 
     For learning curves: one run yields the model at several training budgets (e.g. 250, 500, 1000, 1500 iterations),
     each loadable like ``models/model.pt``. Files are written atomically and an existing one is replaced (a resumed
-    run writes the same weights again).
+    run writes the same weights again). MONAI's ``CheckpointSaver`` saves at a fixed interval; these budgets are
+    irregular.
 
     Args:
         save_dir: where the files go.

@@ -99,7 +99,7 @@ class CheckpointBackup:
     """At the start of a run, copy existing ``*.pt``/``*.ts`` files of ``ckpt_dir`` to ``ckpt_dir/backup/<time>/``.
 
     Training overwrites ``model.pt`` when the validation score improves; this keeps the previous run's weights
-    (the newest ``keep`` backups are retained).
+    (the newest ``keep`` backups are retained). MONAI's ``CheckpointSaver`` replaces files without keeping the old.
     """
 
     def __init__(self, ckpt_dir: str, keep: int = 5) -> None:

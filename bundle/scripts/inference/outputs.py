@@ -34,7 +34,11 @@ logger = logging.getLogger(__name__)
 
 
 class FrameArgmaxd(MapTransform):
-    """``F * K, H, W, D`` class probabilities -> ``F, H, W, D`` label codes (``dtype``, on the CPU), meta kept."""
+    """``F * K, H, W, D`` class probabilities -> ``F, H, W, D`` label codes (``dtype``, on the CPU), meta kept.
+
+    MONAI's ``AsDiscreted(argmax=True)`` takes the argmax over all channels; here the channels hold several frames of
+    ``K`` classes each, and the argmax is taken per frame.
+    """
 
     def __init__(
         self,
