@@ -1,4 +1,4 @@
-"""ACDC from its original download layout to CoopSeg datalists (method.md sections 5.1, 5.2 and 5.5).
+"""ACDC from its original download layout to CoopSeg datalists (docs/method.md sections 5.1, 5.2 and 5.5).
 
 Source layout (the challenge download, ``training/`` and ``testing/`` alike; a ``database/`` parent is accepted)::
 
@@ -59,7 +59,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Patient-ID lists of the reference (`medseg/dataset_loader/ACDC_few_shot_cv_settings.py`), copied from method.md 5.5.
+# Patient-ID lists of the reference (`medseg/dataset_loader/ACDC_few_shot_cv_settings.py`); docs/method.md section 5.5.
 TEST_IDS = ("007", "008", "009", "010", "027", "028", "029", "030", "047", "048",
             "049", "050", "067", "068", "069", "070", "087", "088", "089", "090")  # fmt: skip
 FEW_SHOT_POOL = ("001", "002", "003", "004", "005", "006", "012", "013", "021", "022",
@@ -91,7 +91,7 @@ STANDARD_TRAINING = ("001", "002", "003", "004", "006", "011", "012", "013", "01
                      "074", "075", "076", "077", "079", "080", "081", "083", "084", "085",
                      "086", "091", "092", "093", "094", "095", "096", "098", "099", "100")  # fmt: skip
 
-# raw ACDC -> project: (l == 3) * 1 + (l == 2) * 2 + (l == 1) * 3 (method.md 5.2)
+# raw ACDC -> project: (l == 3) * 1 + (l == 2) * 2 + (l == 1) * 3 (docs/method.md section 5.2)
 RAW_TO_PROJECT = np.array([0, 3, 2, 1], dtype=np.uint8)
 LABELS = channel_names()
 FRAMES = ("ED", "ES")
@@ -342,7 +342,7 @@ def prepare_acdc(
                 logger.warning("%s; dropped.", message)
             content[key] = [e for pid in ids if pid in by_id for e in by_id[pid]]
         if split in ("fewshot_cval1", "fewshot_cval4"):
-            content["note"] = "validation overlaps training, as in the reference split (method.md 5.5)"
+            content["note"] = "validation overlaps training, as in the reference split (docs/method.md section 5.5)"
         written[split] = write_json_atomic(out_dir / f"datalist_{split}.json", content)
     paper = json.loads(written["fewshot_cval0"].read_text())
     paper["note"] = "the paper's setting: 10 training subjects, few-shot cval 0"

@@ -1,4 +1,4 @@
-"""ACDC-C: MR artefact test sets made with TorchIO, reproducibly (method.md 5.7, pitfall 20; seeds.md 3.2).
+"""ACDC-C: MR artefact test sets made with TorchIO, reproducibly (docs/method.md section 5.7).
 
 Four artefacts, the reference's constructor arguments, TorchIO defaults written out because defaults drift between
 versions (torchio is pinned in requirements.txt):

@@ -1,4 +1,6 @@
-"""M&Ms (multi-centre, multi-vendor cardiac MR) from its original layout to a CoopSeg test datalist (method.md 5.6).
+"""M&Ms (multi-centre, multi-vendor cardiac MR) from its original layout to a CoopSeg test datalist.
+
+See docs/method.md section 5.6.
 
 Source layout (the challenge download)::
 
@@ -13,7 +15,7 @@ Output::
     <out>/<code>/ED_img.nii.gz, ED_seg.nii.gz, ES_img.nii.gz, ES_seg.nii.gz    (3D frames, source geometry)
     <out>/datalist.json   "test": every labelled volume; "vendor_<V>" and "centre_<C>": per vendor and centre
 
-Labels stay native (M&Ms already uses 1 LV, 2 MYO, 3 RV; method.md pitfall 15). Every entry carries ``vendor``,
+Labels stay native (M&Ms already uses 1 LV, 2 MYO, 3 RV; docs/method.md section 5.6). Every entry carries ``vendor``,
 ``vendor_name``, ``centre`` and ``subset``, so results can be reported per vendor. Subjects without a ``_sa_gt`` file
 (``Training/Unlabeled``) are skipped.
 

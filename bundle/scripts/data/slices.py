@@ -1,4 +1,4 @@
-"""2D training slices drawn from cached, preprocessed 3D short-axis volumes (method.md section 5.3)."""
+"""2D training slices drawn from cached, preprocessed 3D short-axis volumes (docs/method.md section 5.3)."""
 
 from __future__ import annotations
 

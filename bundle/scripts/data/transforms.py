@@ -1,4 +1,4 @@
-"""Project transforms that MONAI lacks, for the reference augmentation policy (method.md section 5.4).
+"""Project transforms that MONAI lacks, for the reference augmentation policy (docs/method.md section 5.4).
 
 Dictionary transforms on channel-first 2D slices ``C, H, W``; images lie in [0, 1] after volume normalisation.
 """
@@ -61,7 +61,7 @@ class RandBrightnessFluctuationd(RandomizableTransform, MapTransform):
 
 
 class RandReferenceSpatiald(RandomizableTransform, MapTransform):
-    """The reference's spatial augmentation, fused into one resampling of each key (method.md 5.4, steps 2, 5-7).
+    """The reference's spatial augmentation, fused into one resampling of each key (docs/method.md section 5.4, step 4).
 
     For a ``C, H, W`` slice, in the reference order: flips (each axis with ``flip_prob``); an affine, always applied,
     with rotation ``U(-rotate_deg, rotate_deg)``, translation ``U(-t, t) * size`` per axis and zoom drawn

@@ -1,4 +1,4 @@
-"""One cooperative-training iteration's computations (method.md section 4.1), independent of the ignite engine.
+"""One cooperative-training iteration's computations (docs/method.md section 4.1), independent of the ignite engine.
 
 ``standard_terms`` is the baseline's objective (it is also computed in cooperative training); ``generate_hard_examples``
 masks the FTN's latent codes and decodes them into a corrupted image and a corrupted segmentation;

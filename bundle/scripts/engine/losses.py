@@ -1,4 +1,4 @@
-"""Loss primitives of the cooperative training objective (method.md section 4.1).
+"""Loss primitives of the cooperative training objective (docs/method.md section 4.1).
 
 Label maps are ``B, H, W`` integer tensors with codes 0 background, 1 LV, 2 MYO, 3 RV; logits are ``B, K, H, W``;
 images are ``B, 1, H, W`` in [0, 1].

@@ -1,7 +1,7 @@
 """Learning-rate policies for the bundle's training budgets, built from MONAI's and PyTorch's schedulers.
 
-The reference trains with a constant learning rate (Adam, 1e-4, 600 epochs; method.md 4.2), which ``"constant"``
-reproduces. The default CPU budget of a few hundred iterations instead uses ``"one_cycle"``: MONAI's
+The reference trains with a constant learning rate (Adam, 1e-4, 600 epochs; docs/method.md section 4.2), which
+``"constant"`` reproduces. The default CPU budget of a few hundred iterations instead uses ``"one_cycle"``: MONAI's
 ``WarmupCosineSchedule``, a linear warm-up from 10 % to the configured rate over the first ``warmup_fraction`` of the
 iterations, then a half cosine down to ``final_factor`` of it at the last iteration, which lands a short run on a
 settled solution instead of wherever the last noisy step of a constant rate left it (a deliberate deviation).

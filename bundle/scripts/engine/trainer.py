@@ -1,4 +1,4 @@
-"""The cooperative trainer: a MONAI ``Trainer`` whose iteration is the method's (method.md section 4).
+"""The cooperative trainer: a MONAI ``Trainer`` whose iteration is the method's (docs/method.md section 4).
 
 One iteration (``CooperativeTrainer._iteration``):
 

@@ -1,4 +1,4 @@
-"""Per-volume segmentation metrics (method.md section 6) and output transforms for MONAI's metric handlers.
+"""Per-volume segmentation metrics (docs/method.md section 6) and output transforms for MONAI's metric handlers.
 
 The unit is one 3D volume. Per foreground class of :mod:`scripts.labels`:
 

@@ -1,4 +1,4 @@
-"""Test-set evaluation (method.md section 6): per-volume, per-class Dice and HD95 for FTN and FTN + STN.
+"""Test-set evaluation (docs/method.md section 6): per-volume, per-class Dice and HD95 for FTN and FTN + STN.
 
 The unit is one 3D volume (patient x frame). Each volume goes through the bundle's validation preprocessing (volume
 normalisation, in-plane resampling, centre crop or pad to ``roi_size``; no per-slice renormalisation), is predicted

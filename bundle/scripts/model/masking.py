@@ -1,4 +1,4 @@
-"""Latent-code masking: the three schemes that turn a clean latent code into a hard one (method.md section 3).
+"""Latent-code masking: the three schemes that turn a clean latent code into a hard one (docs/method.md section 3).
 
 A code is ``B, C, h, w`` (C = 128 channels at h x w = H/16 x W/16 for the reference network). Schemes:
 

@@ -156,7 +156,7 @@ class ShapeAutoEncoder(nn.Module):
 
 
 def init_reference_weights(module: nn.Module) -> None:
-    """The reference initialisation (method.md 1.3).
+    """The reference initialisation (docs/method.md section 1.3).
 
     Conv2d weights: Kaiming normal (fan_in, a=0); Conv2d biases keep PyTorch's default; ConvTranspose2d keeps
     PyTorch's default entirely; BatchNorm: gamma ~ N(1, 0.02), beta = 0. Decoder output-conv biases are zeroed by

@@ -1,7 +1,7 @@
 """Context managers that control what a forward pass may change in a module's parameters and BatchNorm statistics.
 
 Used by latent masking (frozen decoders, untouched running statistics) and by the hard-example losses, which in the
-reference run inside ``_disable_tracking_bn_stats`` (method.md sections 3.5 and 4.1).
+reference run inside ``_disable_tracking_bn_stats`` (docs/method.md sections 3.5 and 4.1).
 """
 
 from __future__ import annotations
