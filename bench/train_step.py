@@ -9,6 +9,7 @@ median over ``--iters`` rounds after ``--warmup`` untimed ones, the ratios, the 
     python bench/train_step.py                          # reference setting: standard and cooperative
     python bench/train_step.py --reference /tmp/ref     # and the reference implementation's iterations beside them
     python bench/train_step.py --profile                # one cooperative iteration part by part
+    python bench/train_step.py --gradient-reuse         # masks' gradients from the standard pass vs own passes
     python bench/train_step.py --size 96 --batch 12 --iters 5
     python bench/train_step.py --size 96 --batch 12 --layouts   # cooperative, contiguous vs channels-last
     python bench/train_step.py --no-retain-memory               # glibc's default malloc (compare with a plain run)
@@ -45,7 +46,12 @@ from tools.machine import cpu_model  # noqa: E402
 
 
 def make_trainer(
-    latent_da: bool, device: torch.device, seed: int = 0, channels_last: bool = True, retain_cpu_memory: bool = True
+    latent_da: bool,
+    device: torch.device,
+    seed: int = 0,
+    channels_last: bool = True,
+    retain_cpu_memory: bool = True,
+    reuse_gradients: bool = True,
 ) -> CooperativeTrainer:
     torch.manual_seed(seed)
     net = CoopSegNet().to(device)
@@ -57,8 +63,9 @@ def make_trainer(
         network=net,
         optimizer=optimizer,
         latent_da=latent_da,
-        image_masker=LatentMasker(),
-        shape_masker=LatentMasker(),
+        # update_bn_stats (the reference's quirk) needs the maskers' own decoder passes, so it switches reuse off
+        image_masker=LatentMasker(update_bn_stats=not reuse_gradients),
+        shape_masker=LatentMasker(update_bn_stats=not reuse_gradients),
         prepare_batch=PairedSlicePrepareBatch(True),
         epoch_length=1,
         channels_last=channels_last,
@@ -144,6 +151,9 @@ def main() -> None:
     )
     parser.add_argument("--reference", default=None, help="checkout of the reference implementation to time beside")
     parser.add_argument("--profile", action="store_true", help="one cooperative iteration, part by part")
+    parser.add_argument("--gradient-reuse", action="store_true",
+                        help="cooperative iterations with the targeted masks' gradients from the standard pass vs "
+                        "from their own decoder passes")  # fmt: skip
     parser.add_argument(
         "--no-retain-memory",
         action="store_true",
@@ -169,7 +179,11 @@ def main() -> None:
         print(f"  {'total':36s} {total:7.3f} s")
         return
     steps = {}
-    if args.layouts:
+    if args.gradient_reuse:
+        for name, reuse in (("own decoder passes", False), ("reused gradients", True)):
+            trainer = make_trainer(True, device, 0, True, retain, reuse)
+            steps[name] = (lambda t=trainer: t._iteration(t, batch))
+    elif args.layouts:
         for name, channels_last in (("contiguous", False), ("channels_last", True)):
             trainer = make_trainer(True, device, 0, channels_last, retain)
             steps[name] = (lambda t=trainer: t._iteration(t, batch))
