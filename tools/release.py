@@ -1,8 +1,8 @@
 """Release archives: package the bundle as ``<name>_v<version>.zip`` and verify a downloaded bundle's checksums.
 
-Package (from ``bundle/``, after training)::
+Package (from the repository root, after training)::
 
-    python -m tools.release package --out_dir ../dist \\
+    python -m tools.release package --out_dir dist \\
         --url_base https://github.com/<owner>/<repo>/releases/download/<name>-v<version>
 
 writes ``<out_dir>/<name>_v<version>.zip`` (top folder ``<name>/``: ``configs/``, ``scripts/``, ``docs/``, ``LICENSE``,
@@ -18,7 +18,8 @@ model-zoo check (:mod:`tools.zoo_checks`) on the staged bundle.
 
 Verify a downloaded bundle (before loading it)::
 
-    python -m tools.release verify <bundle_dir>/<name>     # or: cd <name> && sha256sum -c checksums.sha256
+    python -m tools.release verify <bundle_dir>/<name>
+    cd <bundle_dir>/<name> && sha256sum -c checksums.sha256    # the same check without the repository
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from . import BUNDLE
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.release", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pack = sub.add_parser("package", help="build <name>_v<version>.zip from a trained bundle")
-    pack.add_argument("--bundle_root", default=str(Path(__file__).resolve().parent.parent), help="default: this bundle")
+    pack.add_argument("--bundle_root", default=str(BUNDLE), help="the bundle to package (default: the repository's)")
     pack.add_argument("--out_dir", required=True, help="where the archive is written")
     pack.add_argument("--url_base", required=True, help="http(s) URL under which model.pt and model.ts are published")
     pack.add_argument(
