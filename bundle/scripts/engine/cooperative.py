@@ -47,6 +47,7 @@ class StandardPass:
     seg_logits: torch.Tensor
     image_code_in: torch.Tensor | None = None
     shape_code_in: torch.Tensor | None = None
+    gradients: LatentGradients | None = None
 
 
 @dataclass

@@ -146,10 +146,15 @@ class CooperativeStep(torch.nn.Module):
         separate_training: bool = False,
         recon_weight: float = 0.5,
         reference_bn: bool = True,
+        schemes: tuple[str | None, str | None] | None = None,
     ) -> Any:
         if part == "standard":
             std = standard_terms(self.network, image, clean_image, label, separate_training, recon_weight)
-            return std.losses, std.z_image, std.z_shape, std.seg_logits, std.image_code_in, std.shape_code_in
+            if schemes is not None:
+                # inside forward, where the gradients of the decoder inputs are reachable (DDP wraps the outputs)
+                std.gradients = LatentGradients(std, *schemes)
+            return (std.losses, std.z_image, std.z_shape, std.seg_logits, std.image_code_in, std.shape_code_in,
+                    std.gradients)  # fmt: skip
         if part == "hard":
             hard = HardExamples(hard_image, hard_seg_logits, "", "")
             return hard_terms(self.network, hard, clean_image, label, separate_training, recon_weight, reference_bn)
@@ -287,20 +292,20 @@ class CooperativeTrainer(Trainer):
         # each backward averages the gradients accumulated so far over the ranks, so the sum stays exact.
         image_scheme = engine.image_masker.draw_scheme() if engine.latent_da and engine.image_masker else None
         shape_scheme = engine.shape_masker.draw_scheme() if engine.latent_da and engine.shape_masker else None
-        std = StandardPass(*self._forward(engine, lambda: engine.step(
-            "standard", image, label, image=add_input_noise(image, engine.input_noise_sigma), **options
-        )))
-        losses = dict(std.losses)
         reuse = engine.latent_da and all(m is None or m.reuses_gradients for m in (engine.image_masker,
                                                                                    engine.shape_masker))
-        gradients = LatentGradients(std, image_scheme, shape_scheme) if reuse else None
+        std = StandardPass(*self._forward(engine, lambda: engine.step(
+            "standard", image, label, image=add_input_noise(image, engine.input_noise_sigma),
+            schemes=(image_scheme, shape_scheme) if reuse else None, **options,
+        )))
+        losses = dict(std.losses)
         self._backward(engine, torch.stack(list(std.losses.values())).sum())
         hard = None
         if engine.latent_da:
             # masking and decoding use frozen decoders and no parameter gradient: outside the DDP forward
             hard = self._forward(engine, lambda: generate_hard_examples(
                 net, std.z_image, std.z_shape, image, label, engine.image_masker, engine.shape_masker,
-                image_scheme, shape_scheme, gradients,
+                image_scheme, shape_scheme, std.gradients,
             ))
             hard_losses = self._forward(engine, lambda: engine.step(
                 "hard", image, label, hard_image=hard.hard_image, hard_seg_logits=hard.hard_seg_logits,
