@@ -148,15 +148,14 @@ def _relative(entries: list[dict[str, Any]], folder: str, domain: str | None = N
     return [{**e, "image": f"{folder}/{e['image']}", "label": f"{folder}/{e['label']}", **extra} for e in entries]
 
 
+def _header(name: str, seed: int) -> dict[str, Any]:
+    return {"name": name, "version": f"{SUITE_VERSION}/{PHANTOM_VERSION}", "seed": seed, "labels": channel_names()}
+
+
 def write_training_data(out_dir: str | Path, n_train: int = 10, n_val: int = 5, seed: int = 0) -> dict[str, Any]:
     """Source-domain ``training`` and ``validation`` subjects (ED + ES) in ``out_dir``; returns the datalist."""
     out_dir = Path(out_dir)
-    datalist: dict[str, Any] = {
-        "name": "CoopSeg synthetic training data (source domain)",
-        "version": f"{SUITE_VERSION}/{PHANTOM_VERSION}",
-        "seed": seed,
-        "labels": channel_names(),
-    }
+    datalist = _header("CoopSeg synthetic training data (source domain)", seed)
     for key, n, stream in (("training", n_train, TRAINING_STREAM), ("validation", n_val, VALIDATION_STREAM)):
         entries = write_phantom_dataset(str(out_dir / key), n, seed=seed * 1000 + stream, prefix=key[:2])
         datalist[key] = _relative(entries, key)
@@ -206,11 +205,8 @@ def write_test_domains(
 
     out_dir = Path(out_dir)
     chosen = _select(domains)
-    datalist: dict[str, Any] = {
-        "name": "CoopSeg synthetic test domains",
-        "version": f"{SUITE_VERSION}/{PHANTOM_VERSION}",
-        "seed": seed,
-        "labels": channel_names(),
+    datalist = {
+        **_header("CoopSeg synthetic test domains", seed),
         "domains": {d.name: d.description for d in chosen},
         "groups": {d.name: d.group for d in chosen},
         "in_domain": "source",

@@ -62,7 +62,24 @@ def _scalar(value: Any) -> Any:
     return None
 
 
-class VolumeMetricsCollector:
+class _PerVolumeHandler:
+    """Evaluator handler base: after each iteration, ``collect(item, source)`` for every volume of the batch, the
+    decollated output ``item`` with the datalist entry ``source`` it came from."""
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for item, source in zip(outputs, batch, strict=True):
+            self.collect(item, source)
+
+    def collect(self, item: dict[str, Any], source: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class VolumeMetricsCollector(_PerVolumeHandler):
     """Evaluator handler: one row per volume and output (FTN + STN, FTN) with per-class Dice and HD95 in mm, and the
     volume's quality scores (FTN-STN disagreement, entropy).
 
@@ -75,52 +92,39 @@ class VolumeMetricsCollector:
         self.empty_dice = empty_dice
         self.rows: list[dict[str, Any]] = []
 
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
-        for item, source in zip(outputs, batch, strict=True):
-            label = item["label"]
-            spatial_dims = label.ndim - 1
-            spacing = _spacing(source.get("label", label), spatial_dims)
-            meta = getattr(source.get("image"), "meta", {}) or {}
-            info = {k: _scalar(v) for k, v in source.items() if k not in ("image", "label") and _scalar(v) is not None}
-            base = {
-                "test_set": self.test_set,
-                **info,
-                "image": str(meta.get("filename_or_obj", "")),
-                "spacing_mm": "x".join(f"{s:.4g}" for s in spacing),
-            }
-            quality = {k: float(item[k]) for k in QUALITY_KEYS if k in item}
-            for key, output in OUTPUTS.items():
-                metrics = volume_metrics(item[key], label, spacing, empty_dice=self.empty_dice)
-                self.rows.append({**base, "output": output, **metrics, **quality})
+    def collect(self, item: dict[str, Any], source: dict[str, Any]) -> None:
+        label = item["label"]
+        spacing = _spacing(source.get("label", label), label.ndim - 1)
+        meta = getattr(source.get("image"), "meta", {}) or {}
+        info = {k: _scalar(v) for k, v in source.items() if k not in ("image", "label") and _scalar(v) is not None}
+        base = {
+            "test_set": self.test_set,
+            **info,
+            "image": str(meta.get("filename_or_obj", "")),
+            "spacing_mm": "x".join(f"{s:.4g}" for s in spacing),
+        }
+        quality = {k: float(item[k]) for k in QUALITY_KEYS if k in item}
+        for key, output in OUTPUTS.items():
+            metrics = volume_metrics(item[key], label, spacing, empty_dice=self.empty_dice)
+            self.rows.append({**base, "output": output, **metrics, **quality})
 
 
-class FunctionVolumeCollector:
+class FunctionVolumeCollector(_PerVolumeHandler):
     """Evaluator handler: per volume, the entry's fields and the structure volumes (ml) of the FTN + STN prediction
     and of the label (one-hot ``pred`` and ``label`` ``K, H, W, D`` on the evaluation grid, the label's affine)."""
 
     def __init__(self) -> None:
         self.items: list[tuple[dict[str, Any], LabelVolumes, LabelVolumes]] = []
 
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
-        for item, source in zip(outputs, batch, strict=True):
-            affine = getattr(source.get("label", item["label"]), "affine", None)
-            if affine is None:
-                raise ValueError("the label has no affine (a MONAI MetaTensor from LoadImaged is expected).")
-            fields = {k: _scalar(v) for k, v in source.items() if k not in ("image", "label")}
-            name = str(fields.get("subject", ""))
-            codes = [torch.as_tensor(item[key]).argmax(0).cpu().numpy() for key in ("pred", "label")]
-            volumes = [measure_volumes(c, np.asarray(affine), name) for c in codes]
-            self.items.append(({k: v for k, v in fields.items() if v is not None}, *volumes))
+    def collect(self, item: dict[str, Any], source: dict[str, Any]) -> None:
+        affine = getattr(source.get("label", item["label"]), "affine", None)
+        if affine is None:
+            raise ValueError("the label has no affine (a MONAI MetaTensor from LoadImaged is expected).")
+        fields = {k: _scalar(v) for k, v in source.items() if k not in ("image", "label")}
+        name = str(fields.get("subject", ""))
+        codes = [torch.as_tensor(item[key]).argmax(0).cpu().numpy() for key in ("pred", "label")]
+        volumes = [measure_volumes(c, np.asarray(affine), name) for c in codes]
+        self.items.append(({k: v for k, v in fields.items() if v is not None}, *volumes))
 
 
 def _parse_spec(name: str, spec: Any) -> tuple[Path, str, Path]:
