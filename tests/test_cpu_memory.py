@@ -83,6 +83,50 @@ def test_large_blocks_stay_on_the_heap_and_are_kept_after_free() -> None:
     assert default["mapped"] >= size and default["heap_growth"] < size
 
 
+# In a fresh process: a worker thread allocates a small block (served from an arena, never mapped) and keeps it while
+# glibc's malloc_info lists the arenas ("<heap nr=...>") into a file.
+ARENA_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, json, re, sys, tempfile, threading
+    sys.path.insert(0, {bundle!r})
+    from scripts.cpu_memory import single_malloc_arena
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    applied = single_malloc_arena() if {single} else False
+    held, report = [], tempfile.NamedTemporaryFile(suffix=".xml", delete=False).name
+
+    def work():
+        held.append(libc.malloc(64 << 10))
+        stream = libc.fopen(report.encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    print(json.dumps({{"applied": applied, "arenas": len(re.findall("<heap nr=", open(report).read()))}}))
+    """
+)
+
+
+@pytest.mark.skipif(not IS_GLIBC, reason="the arena setting exists only in glibc's malloc")
+@pytest.mark.parametrize(("single", "expected_arenas"), [(True, 1), (False, 2)])
+def test_single_malloc_arena_makes_threads_share_the_main_heap(single: bool, expected_arenas: int) -> None:
+    """Without the setting a worker thread gets an arena of its own (2 in all); with it, it allocates from the main
+    heap (1), so freed memory is shared by all threads."""
+    script = ARENA_SCRIPT.format(bundle=str(BUNDLE_ROOT), single=single)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"applied": single, "arenas": expected_arenas}
+
+
 class _BatchRecorder(torch.nn.Module):
     """A plain network that records the slices per call and returns 4-class logits."""
 

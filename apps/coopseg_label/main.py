@@ -4,6 +4,12 @@ Start (offline; binds 127.0.0.1 unless told otherwise):
 
     python -m monailabel.main start_server --app apps/coopseg_label --studies <dir> -i 127.0.0.1 -p 8000
 
+``--studies`` is a folder of NIfTI/NRRD volumes (3D stacks or 4D cines), or the DICOMweb root of a PACS
+(``http://<host>:8042/dicom-web`` for Orthanc): the worklist is then the PACS' MR series, and submitted labels are
+stored back in it as DICOM-SEG (``lib/pacs``; credentials and filter: MONAI Label's ``MONAI_LABEL_DATASTORE_USERNAME``,
+``MONAI_LABEL_DATASTORE_PASSWORD`` and ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``, default ``{"Modality": "MR"}``). A URL
+that does not answer, or refuses the credentials, stops the server with a message naming it.
+
 Options (``--conf key value``): ``bundle_path`` (default ``$COOPSEG_BUNDLE`` or the repository's ``bundle/``),
 ``model_dir`` (where the app keeps its working bundle and retrained weights; default ``$COOPSEG_MODEL_DIR`` or
 ``<app>/model``, git-ignored), ``preload`` (``true`` loads the networks at start), ``skip_trainers``,
@@ -24,9 +30,11 @@ import sys
 from typing import Any
 
 from lib.activelearning import Disagreement
+from lib.bundle_code import bundle_module
 from lib.datastore import CoopSegDatastore, check_image_file
 from lib.errors import http_error
 from lib.infers import CoopSegInferTask
+from lib.pacs import PacsConnectionError, PacsDatastore, is_url, open_pacs
 from lib.scoring import DisagreementScoring
 from lib.security import check_bind_host
 from lib.trainers import CoopSegTrainTask
@@ -57,6 +65,8 @@ class CoopSegApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         check_bind_host(sys.argv, settings.MONAI_LABEL_AUTH_ENABLE)
         self.workspace = Workspace(resolve_source_bundle(conf, app_dir), resolve_model_dir(conf, app_dir)).prepare()
+        # before MONAI Label's worker threads allocate, so inference in them reuses freed memory
+        bundle_module(self.workspace.source, "cpu_memory").single_malloc_arena()
         metadata = json.loads((self.workspace.source / "configs" / "metadata.json").read_text())
         channels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
         self.num_classes = len(channels)
@@ -74,6 +84,15 @@ class CoopSegApp(MONAILabelApp):
 
     # tasks -----------------------------------------------------------------------------------------------------
     def init_datastore(self) -> Datastore:
+        if is_url(self.studies):
+            self.studies = self.studies.strip().rstrip("/")
+            if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):  # MONAI Label's other remote datastores
+                return super().init_remote_datastore()
+            try:
+                return open_pacs(self.studies, self.workspace.path)
+            except PacsConnectionError as e:
+                logger.error("CANNOT START: %s", e)
+                raise
         return CoopSegDatastore(
             self.studies,
             bundle=self.workspace.path,
@@ -129,13 +148,16 @@ class CoopSegApp(MONAILabelApp):
         image = request.get("image")
         if isinstance(image, str):
             datastore = datastore or self.datastore()
+            request = {**request, "image_id": request.get("image_id") or image}
             if os.path.exists(image):  # an uploaded file (POST /infer with file=...)
-                path, name = image, "uploaded image"
+                request["image_id"] = "uploaded image"
+                check_image_file(self.workspace.path, image, "uploaded image")
+            elif isinstance(datastore, PacsDatastore):
+                datastore.get_image_uri(image)  # retrieved and checked by the bundle's DICOM reader; 404 or 422
             elif image in datastore.list_images():
-                path, name = datastore.get_image_uri(image), f"image '{image}'"
+                check_image_file(self.workspace.path, datastore.get_image_uri(image), f"image '{image}'")
             else:
                 raise http_error(404, f"image '{image}' is not in the datastore (GET /datastore/?output=all lists it).")
-            check_image_file(self.workspace.path, path, name)
         try:
             return super().infer(request, datastore)
         except Exception as e:

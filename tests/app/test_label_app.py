@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT
 from helpers import make_bundle_copy, phantom_volume, write_nifti
+from tools.servers import APP_DIR, LabelServer, copy_app
 
 pytestmark = pytest.mark.slow
 
-APP_DIR = REPO_ROOT / "apps" / "coopseg_label"
 N_IMAGES = 4
 
 
@@ -46,87 +38,12 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def copy_app(target: Path) -> Path:
-    shutil.copytree(APP_DIR, target, ignore=shutil.ignore_patterns("model", "logs", "bin", "__pycache__"))
-    return target
-
-
 def small_training(bundle: Path) -> None:
     """Test-sized training in the bundle copy: 48 x 48 crops, batch 4, no loader worker (code paths unchanged)."""
     config_path = bundle / "configs" / "train.json"
     config = json.loads(config_path.read_text())
     config.update(crop_size=48, batch_size=4, num_workers=0)
     config_path.write_text(json.dumps(config, indent=1))
-
-
-class Server:
-    """``python -m monailabel.main start_server`` as a subprocess; ``url`` once ready; ``stop()`` by PID."""
-
-    def __init__(self, app: Path, studies: Path, conf: dict[str, str], log: Path, host_args=("-i", "127.0.0.1")):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        args = [
-            sys.executable,
-            "-m",
-            "monailabel.main",
-            "start_server",
-            "--app",
-            str(app),
-            "--studies",
-            str(studies),
-            *host_args,
-            "-p",
-            str(self.port),
-        ]
-        for key, value in conf.items():
-            args += ["--conf", key, value]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("MONAI_LABEL_")}
-        env["OMP_NUM_THREADS"] = "1"  # 2 shared cores: server, training subprocess and pytest must not oversubscribe
-        self.log_file = open(log, "w")
-        self.process = subprocess.Popen(
-            args,
-            cwd=str(studies.parent),
-            env=env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/info/", timeout=10).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None and httpx.get(f"{self.url}/info/", timeout=30).status_code == 200
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and any training subprocess it started
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        self.log_file.close()
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +63,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
         write_nifti(labels / f"case{i}.nii.gz", label, affine)
     bundle_before = tree_digest(bundle)
     model_dir = root / "app_models"
-    server = Server(app, studies, {"bundle_path": str(bundle), "model_dir": str(model_dir)}, root / "server.log")
+    server = LabelServer(
+        app, studies, {"bundle_path": str(bundle), "model_dir": str(model_dir)}, cwd=root, log=root / "server.log"
+    )
     try:
         server.wait_ready()
         yield {
@@ -329,11 +248,12 @@ def test_bad_inputs_are_refused_and_nothing_is_lost(site: dict, tmp_path: Path) 
 
 def test_default_host_is_refused(site: dict, tmp_path: Path) -> None:
     """Without -i, MONAI Label would listen on every interface (0.0.0.0); the app refuses to start."""
-    server = Server(
+    server = LabelServer(
         site["app"],
         site["studies"],
         {"bundle_path": str(site["bundle"]), "model_dir": str(tmp_path)},
-        tmp_path / "server.log",
+        cwd=site["root"],
+        log=tmp_path / "server.log",
         host_args=(),
     )
     try:

@@ -14,30 +14,7 @@ import torch
 from conftest import BUNDLE_ROOT, REPO_ROOT
 from helpers import make_bundle_copy, phantom_volume, write_nifti
 from scripts.model.networks import CoopSegNet
-
-APP_DIR = REPO_ROOT / "apps" / "coopseg_label"
-
-
-@pytest.fixture
-def app_modules(monkeypatch: pytest.MonkeyPatch):
-    """Import the app's ``main`` as MONAI Label does, and restore ``sys.modules``/``sys.path`` afterwards.
-
-    MONAI Label re-imports the served bundle's ``scripts`` package; the rest of the suite keeps its own.
-    """
-    from monailabel.config import settings
-
-    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)  # no watchdog thread in pytest
-    monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)  # background scoring needs a server
-    saved_path = list(sys.path)
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("scripts", "lib", "main")}
-    sys.path.insert(0, str(APP_DIR))
-    import main
-
-    yield main
-    for key in [k for k in sys.modules if k.split(".")[0] in ("scripts", "lib", "main")]:
-        del sys.modules[key]
-    sys.modules.update(saved)
-    sys.path[:] = saved_path
+from tools.servers import APP_DIR
 
 
 def studies_with_one_image(root: Path) -> Path:

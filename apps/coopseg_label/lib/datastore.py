@@ -1,5 +1,8 @@
 """A local datastore that refuses images and labels the bundle cannot use, and never loses a submitted label.
 
+Images are 3D short-axis stacks or 4D cines (``H, W, slices, frames``, segmented frame by frame); a cine's label is
+4D too (one label frame per image frame).
+
 Checks use the bundle's own loader and validation (``scripts.volumes``). Rejections are HTTP errors that name
 the image and the problem: 422 for unusable content, 404 for an unknown image id. Before a label replaces an
 earlier one, the earlier file is copied to ``<studies>/.label_history/<tag>/``.
@@ -25,20 +28,14 @@ EXTENSIONS = ("*.nii.gz", "*.nii", "*.nrrd")
 
 
 def check_image_file(bundle: Path, path: str, name: str) -> tuple[int, ...]:
-    """The spatial shape of a usable 3D short-axis image; raises HTTP 422 naming the problem otherwise."""
+    """The shape ``(frames, H, W, slices)`` of a usable 3D stack (1 frame) or 4D cine; HTTP 422 naming the problem."""
     volumes = bundle_module(bundle, "volumes")
     try:
         image = volumes.load_volume(path, name)
         volumes.check_image(image, name)
     except volumes.VolumeError as e:
         raise http_error(422, str(e)) from e
-    if image.shape[0] != 1:
-        raise http_error(
-            422,
-            f"{name}: is a 4D cine volume with {image.shape[0]} frames; MONAI Label serves 3D stacks (H, W, slices): "
-            "submit one frame, or segment the cine with the bundle's inference workflow.",
-        )
-    return tuple(image.shape[1:])
+    return tuple(image.shape)
 
 
 class CoopSegDatastore(LocalDatastore):

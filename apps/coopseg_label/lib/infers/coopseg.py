@@ -1,5 +1,9 @@
 """The ``coopseg`` (FTN + STN) and ``coopseg_fast`` (FTN only) models: MONAI Label's ``BundleInferTask`` over the
 bundle's ``inference.json``, with the weights chosen at each call so retrained weights go live at once.
+
+A 4D cine (``H, W, slices, frames``) is segmented frame by frame, as the bundle does, and its label comes back 4D on
+the input grid. Every result carries, in its params, the structure volumes, a cine's function indices and the
+FTN-STN quality score (:mod:`lib.infers.results`), all from the one network pass.
 """
 
 from __future__ import annotations
@@ -7,18 +11,26 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.utils.others.class_utils import unload_module
 from monailabel.utils.others.generic import name_to_device
 
+from ..bundle_code import bundle_module
 from ..errors import http_error
+from ..nifti import save_nifti
+from .results import result_params
 
 logger = logging.getLogger(__name__)
+
+SCORES_KEY = "coopseg_frame_scores"
+"""Per-frame quality scores of the request, kept in the data dict from the network pass to the result params."""
 
 
 class CoopSegInferTask(BundleInferTask):
@@ -27,7 +39,8 @@ class CoopSegInferTask(BundleInferTask):
     ``refine=True`` serves the STN-refined masks (``coopseg``), ``refine=False`` the FTN's alone
     (``coopseg_fast``): the bundle config's ``refine`` switch, which ``scripts.inference.inferer.CoopSegInferer`` reads.
     Each call uses ``models/model.pt`` (the bundle's ``network_def`` with these weights, loaded strictly) if it
-    exists, else ``models/model.ts`` (TorchScript); a changed file (fine-tuning) is reloaded.
+    exists, else ``models/model.ts`` (TorchScript); a changed file (fine-tuning) is reloaded. The result params hold
+    ``volumes_ml``, ``function`` (cine) and ``quality`` (see :func:`lib.infers.results.result_params`).
     """
 
     def __init__(self, path: str, conf: dict[str, str], refine: bool = True, **kwargs: Any) -> None:
@@ -112,3 +125,49 @@ class CoopSegInferTask(BundleInferTask):
             "entropy": float(maps["uncertainty"].mean()),
             "weights": os.path.basename(self.path[0]),
         }
+
+    # one network pass: the mask and, when refining, each frame's FTN-STN quality scores ---------------------------
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+        inferer = self.inferer(data)
+        network = self._get_network(device, data)
+        parts = hasattr(network, "segment") and hasattr(network, "refine_logits")
+        if not (self.refine and parts and hasattr(inferer, "predict") and convert_to_batch):
+            data[SCORES_KEY] = None
+            return super().run_inferer(data, convert_to_batch, device)
+        ftn_prob = bundle_module(Path(self.bundle_path), "inference.inferer").FTN_PROB
+        inputs = data[self.input_key]
+        inputs = (inputs if torch.is_tensor(inputs) else torch.from_numpy(inputs))[None].to(torch.device(device))
+        with torch.no_grad():
+            outputs = inferer.predict(inputs, network, maps=(ftn_prob,))
+        predictor = bundle_module(Path(self.bundle_path), "inference.predictor")
+        scores = predictor.frame_quality_scores(outputs.pop(ftn_prob), outputs["pred"], inputs.shape[1])
+        data[SCORES_KEY] = {key: values[0].tolist() for key, values in scores.items()}
+        data[self.output_label_key] = outputs["pred"][0]
+        return data
+
+    def _no_score_reason(self) -> str:
+        if not self.refine:
+            return "coopseg_fast runs the FTN alone; the score compares the FTN with the STN (model coopseg)."
+        return "the served network gives no FTN-STN disagreement."
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+        """MONAI Label's writer for a 3D label; a cine's ``F, H, W, D`` label as a 4D NIfTI ``H, W, D, F`` on the
+        image's affine. Both with the result params of :func:`lib.infers.results.result_params`."""
+        label = data[self.output_label_key]
+        values = label.detach().cpu().numpy() if torch.is_tensor(label) else np.asarray(label)
+        meta = data.get(f"{self.output_label_key}_meta_dict") or {}
+        affine = meta.get("affine")
+        affine = np.asarray(affine if affine is not None else getattr(label, "affine", np.eye(4)), dtype=np.float64)
+        case = str(data.get("image_id") or Path(str(data.get("image_path", "image"))).name)
+        threshold = self.bundle_config.get("quality_threshold")
+        params = result_params(
+            Path(self.bundle_path), values, affine, case, data.get(SCORES_KEY), threshold, self._no_score_reason()
+        )
+        result = data.get(self.output_json_key)
+        data[self.output_json_key] = {**(result if isinstance(result, dict) else {}), **params}
+        if values.ndim != 4:
+            return super().writer(data, extension, dtype)
+        with tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False) as f:
+            path = f.name
+        save_nifti(np.moveaxis(values, 0, -1).astype(np.uint8), affine, path)
+        return path, data[self.output_json_key]

@@ -3,7 +3,8 @@
 A thin ``BundleTrainTask``: both networks (FTN and STN are one ``network`` whose flat state dict is
 ``models/model.pt``) are warm-started from the live weights, strictly; the empty ``run_id`` Slicer sends means the
 default ``run``; with too few labels to split off validation, validation uses the training labels, so the bundle's
-key-metric checkpoint ``models/model.pt`` is written and goes live for the next inference.
+key-metric checkpoint ``models/model.pt`` is written and goes live for the next inference. Training reads 3D stacks:
+labels of 4D cines are left out (with a warning) until the bundle trains on cine frames.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import torch
 from monai.handlers import CheckpointLoader
 from monailabel.interfaces.datastore import Datastore
@@ -20,6 +22,14 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from ..bundle_code import bundle_module
 
 logger = logging.getLogger(__name__)
+
+
+def _is_cine(path: str) -> bool:
+    """Whether a NIfTI image has frames (a 4th axis longer than 1); other formats count as 3D stacks."""
+    if not str(path).endswith((".nii", ".nii.gz")):
+        return False
+    shape = nib.load(str(path)).shape
+    return len(shape) > 3 and shape[3] > 1
 
 
 class CoopSegTrainTask(BundleTrainTask):
@@ -55,6 +65,12 @@ class CoopSegTrainTask(BundleTrainTask):
         return super().__call__(request, datastore)
 
     def _partition_datalist(self, datalist: list[dict], request: dict, shuffle: bool = False):
+        cines = [d for d in datalist if _is_cine(d["image"])]
+        if cines:
+            logger.warning("leaving out %d cine label(s): training reads 3D stacks.", len(cines))
+            datalist = [d for d in datalist if d not in cines]
+        if not datalist:
+            raise ValueError("every submitted label belongs to a 4D cine; training needs labels of 3D stacks.")
         train, val = super()._partition_datalist(datalist, request, shuffle)
         if not train:
             train = list(datalist)
