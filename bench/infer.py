@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +41,9 @@ sys.path[:0] = [str(BUNDLE), str(REPO)]  # the bundle's `scripts`, the repositor
 
 from scripts.data.phantom import generate_subject  # noqa: E402
 from scripts.model.networks import CoopSegNet  # noqa: E402
+from tools.bundle_copy import copy_bundle, inference_workflow  # noqa: E402
 from tools.machine import cpu_model  # noqa: E402
+from tools.servers import LabelServer, copy_app  # noqa: E402
 
 SPACING = 1.36719
 SHAPE = (224, 224, 10)
@@ -92,37 +92,12 @@ def make_inputs(root: Path, copies: int) -> Path:
     return folder
 
 
-def make_bundle(root: Path) -> Path:
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE / "configs", bundle / "configs")
-    shutil.copytree(BUNDLE / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    (bundle / "models").mkdir()
-    net, source = CoopSegNet(), BUNDLE / "models" / "model.pt"
-    try:
-        net.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
-        print(f"weights: {source}")
-    except Exception:  # missing, or from an older network version
-        print("weights: fresh initialisation (bundle/models/model.pt absent or does not fit)")
-    torch.save(net.state_dict(), bundle / "models" / "model.pt")
-    return bundle
-
-
 def bench_bundle(bundle: Path, inputs: Path, out: Path, refine: bool) -> dict[str, list[float]]:
     """Per volume, via the bundle's ConfigWorkflow: seconds from loading to the written file (``volume``), seconds
     of the inferer (``network``) and the matmul rate probed just before (``rate``); the first volume is dropped."""
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(
-        workflow_type="infer",
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        dataset_dir=str(inputs),
-        output_dir=str(out),
-        refine=refine,
-    )
+    workflow = inference_workflow(bundle, inputs, out, refine=refine)
     workflow.initialize()
     evaluator = workflow.parser.get_parsed_content("evaluator")
     inferer = evaluator.inferer
@@ -154,54 +129,16 @@ def bench_bundle(bundle: Path, inputs: Path, out: Path, refine: bool) -> dict[st
 def bench_server(bundle: Path, inputs: Path, root: Path, repeats: int) -> dict[str, dict[str, list[float]]]:
     """Per model, seconds per ``/infer`` request through MONAI Label's client (``request``) and the matmul rate
     probed just before each (``rate``), after one warm-up request."""
-    import httpx
     from monailabel.client import MONAILabelClient
 
     studies = root / "studies"
     studies.mkdir()
     shutil.copy(inputs / "vol00.nii.gz", studies / "vol00.nii.gz")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = root / "app"
-    shutil.copytree(
-        REPO / "apps" / "coopseg_label", app, ignore=shutil.ignore_patterns("model", "logs", "bin", "__pycache__")
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "monailabel.main",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(studies),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "--conf",
-        "bundle_path",
-        str(bundle),
-        "--conf",
-        "model_dir",
-        str(root / "app_models"),
-    ]
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    conf = {"bundle_path": str(bundle), "model_dir": str(root / "app_models")}
+    server = LabelServer(copy_app(root / "app"), studies, conf, cwd=root, log=root / "server.log", threads=None)
     try:
-        deadline = time.time() + 300
-        while True:
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not start; see {root / 'server.log'}")
-            try:
-                if httpx.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        client = MONAILabelClient(url, tmpdir=str(root))
+        server.wait_ready().wait_idle("scoring")  # the disagreement scoring the app starts with
+        client = MONAILabelClient(server.url, tmpdir=str(root))
         times: dict[str, dict[str, list[float]]] = {}
         for model in ("coopseg", "coopseg_fast"):
             client.infer(model, "vol00", {})  # warm-up: network load and fused copy
@@ -213,9 +150,7 @@ def bench_server(bundle: Path, inputs: Path, root: Path, repeats: int) -> dict[s
                 times[model]["request"].append(time.perf_counter() - start)
         return times
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
+        server.stop()
 
 
 # The anchor this benchmark is judged by: the reference implementation's forward FLOPs for FTN + STN on this stack (it
@@ -249,7 +184,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         inputs = make_inputs(root, args.repeats + 1)
-        bundle = make_bundle(root)
+        bundle = copy_bundle(root, weights=BUNDLE / "models" / "model.pt")
         for refine in (True, False):
             name = "FTN + STN" if refine else "FTN only"
             got = bench_bundle(bundle, inputs, root / f"out_{refine}", refine)

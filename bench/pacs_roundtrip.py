@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,7 +42,7 @@ sys.path[:0] = [str(BUNDLE), str(REPO), str(REPO / "tests")]
 
 from helpers import write_cine_series  # noqa: E402
 from scripts.data.phantom import generate_subject  # noqa: E402
-from scripts.model.networks import CoopSegNet  # noqa: E402
+from tools.bundle_copy import bundle_files, copy_bundle  # noqa: E402
 from tools.machine import cpu_model  # noqa: E402
 from tools.servers import LabelServer, Orthanc, copy_app  # noqa: E402
 
@@ -66,22 +65,6 @@ def make_cine(frames: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([phases[f % 2] for f in range(frames)], axis=-1), affine
 
 
-def make_bundle(root: Path) -> Path:
-    """A bundle copy (configs, scripts) with ``bundle/models/model.pt`` when it fits, else fresh weights."""
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE / "configs", bundle / "configs")
-    shutil.copytree(BUNDLE / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    (bundle / "models").mkdir()
-    net, source = CoopSegNet(), BUNDLE / "models" / "model.pt"
-    try:
-        net.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
-        logger.info("weights: %s", source)
-    except Exception:  # missing, or of another network version
-        logger.info("weights: fresh initialisation (bundle/models/model.pt absent or does not fit)")
-    torch.save(net.state_dict(), bundle / "models" / "model.pt")
-    return bundle
-
-
 def bundle_command(bundle: Path, dataset_dir: Path, output_dir: Path) -> list[str]:
     return [
         "python", "-m", "monai.bundle", "run",
@@ -99,14 +82,7 @@ def run_bundle(bundle: Path, dataset_dir: Path, output_dir: Path) -> float:
     from monai.bundle import run
 
     start = time.perf_counter()
-    run(
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        dataset_dir=str(dataset_dir),
-        output_dir=str(output_dir),
-    )
+    run(**bundle_files(bundle), dataset_dir=str(dataset_dir), output_dir=str(output_dir))
     seconds = time.perf_counter() - start
     if not list(output_dir.glob("*_seg.nii.gz")):
         raise RuntimeError(f"the bundle wrote no label in {output_dir}")
@@ -143,7 +119,7 @@ def main() -> None:
     image, affine = make_cine(args.frames)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        bundle = make_bundle(root)
+        bundle = copy_bundle(root, weights=BUNDLE / "models" / "model.pt")
         folders = []
         for i in range(args.repeats + 1):  # one series per round trip: each is retrieved and converted anew
             folder = root / "dicom" / f"run{i}" / "cine"

@@ -16,6 +16,7 @@ from monai.bundle import ckpt_export
 from conftest import BUNDLE_ROOT
 from scripts.data.phantom import generate_subject
 from scripts.model.networks import CoopSegNet
+from tools.bundle_copy import copy_bundle
 
 if TYPE_CHECKING:
     from pydicom.dataset import FileDataset
@@ -28,12 +29,7 @@ def make_bundle_copy(root: Path, seed: int = 0, torchscript: bool = False) -> Pa
     With ``torchscript`` the weights are exported by ``ckpt_export`` to ``models/model.ts`` and ``model.pt`` is
     removed, as a user who downloads only the TorchScript model has it.
     """
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs")
-    shutil.copytree(BUNDLE_ROOT / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    (bundle / "models").mkdir(parents=True)
-    torch.manual_seed(seed)
-    torch.save(CoopSegNet().state_dict(), bundle / "models" / "model.pt")
+    bundle = copy_bundle(root, seed=seed)
     if torchscript:
         ckpt_export(
             net_id="network_def",

@@ -19,13 +19,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from helpers import make_bundle_copy, phantom_volume, write_nifti
 from scripts.evaluation.function import measure_volumes
 from scripts.inference.predictor import frame_quality_scores, group_cases, load_subject_info, split_phase
 from scripts.inference.quality import quality_scores
 from scripts.model.networks import CoopSegNet
+from tools.bundle_copy import inference_workflow
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -46,16 +46,7 @@ def predictor_log() -> Iterator[list[str]]:
 
 def run_inference(bundle: Path, dataset_dir: Path, output_dir: Path, **overrides) -> list[dict]:
     """The bundle's inference workflow in-process (``ConfigWorkflow``, as ``monai.bundle run`` does)."""
-    workflow = ConfigWorkflow(
-        workflow_type="infer",
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        dataset_dir=str(dataset_dir),
-        output_dir=str(output_dir),
-        **overrides,
-    )
+    workflow = inference_workflow(bundle, dataset_dir, output_dir, **overrides)
     workflow.initialize()
     workflow.run()
     summary = workflow.parser.get_parsed_content("evaluator").state.summary

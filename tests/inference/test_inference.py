@@ -16,13 +16,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
 from conftest import BUNDLE_ROOT, REPO_ROOT
 from helpers import make_bundle_copy, phantom_volume, write_dicom_series, write_nifti
 from scripts.inference.inputs import find_inputs
 from scripts.model.networks import CoopSegNet
 from scripts.volumes import VolumeError
+from tools.bundle_copy import inference_workflow
 
 INFER_CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"
@@ -30,16 +31,7 @@ TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"
 
 def run_inference(bundle: Path, dataset_dir: Path, output_dir: Path, **overrides):
     """The bundle's inference workflow in-process (``ConfigWorkflow``, as ``monai.bundle run`` does)."""
-    workflow = ConfigWorkflow(
-        workflow_type="infer",
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        bundle_root=str(bundle),
-        dataset_dir=str(dataset_dir),
-        output_dir=str(output_dir),
-        **overrides,
-    )
+    workflow = inference_workflow(bundle, dataset_dir, output_dir, **overrides)
     workflow.initialize()
     missing = workflow.check_properties()
     assert not missing, f"inference properties missing: {missing}"

@@ -72,7 +72,9 @@ class LabelServer:
             env={**clean, **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            # its own process group, for stop(); not its own session, which on Linux would also put it in a
+            # scheduler autogroup of its own, where `nice` of other work no longer applies
+            process_group=0,
         )
 
     def log_tail(self, n: int = 80) -> str:
@@ -91,6 +93,18 @@ class LabelServer:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log_tail()}")
+
+    def wait_idle(self, task: str = "scoring", timeout: float = 600) -> LabelServer:
+        """Wait until no background ``task`` (``scoring``, ``train``, ``activelearning``...) runs, e.g. the scoring
+        the app starts with, so that timings do not include it."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            if httpx.get(f"{self.url}/{task}/", params={"check_if_running": True}, timeout=30).status_code == 404:
+                return self
+            time.sleep(1.0)
+        raise TimeoutError(f"background {task} still running after {timeout} s:\n{self.log_tail()}")
 
     def wait_exit(self, timeout: float = 300) -> int:
         """The exit status of a server expected to stop by itself."""
