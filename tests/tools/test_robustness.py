@@ -16,7 +16,6 @@ import pytest
 from conftest import BUNDLE_ROOT, REPO_ROOT
 from tools.robustness.experiment import ARMS, PROTOCOLS, evaluation_command, main, parse_override, training_command
 from tools.robustness.ledger import Ledger, RunSpec, config_key
-from tools.robustness.report import quality_flag_analysis
 from tools.robustness.stats import bootstrap_difference, score_table, seed_differences
 
 TINY = ["--override", "pixdim=[5.0,5.0,-1]", "--override", "crop_size=32", "--override", "width=4",
@@ -78,18 +77,6 @@ def test_paired_bootstrap_finds_a_real_difference_and_no_false_one() -> None:
     broken[-1]["subject"] = "other"
     with pytest.raises(ValueError, match="holds other volumes"):
         score_table(broken)
-
-
-def test_quality_flag_analysis_on_separable_scores() -> None:
-    rows = []
-    for s in range(40):
-        failed = s % 3 == 0
-        rows.append({"arm": "cooperative", "output": "ftn_stn", "subject": f"s{s:02d}", "dice_mean": 0.4 if failed
-                     else 0.9, "disagreement_score": 0.5 + 0.01 * s if failed else 0.1 + 0.001 * s})  # fmt: skip
-    result = quality_flag_analysis(rows)
-    assert result["all"]["auroc"] == pytest.approx(1.0) and result["all"]["failures"] == 14
-    assert 0.14 < result["threshold"] <= 0.5 and result["held_out"]["sensitivity"] == 1.0
-    assert result["held_out"]["specificity"] == 1.0
 
 
 @pytest.mark.slow

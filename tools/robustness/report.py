@@ -14,18 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from scripts.evaluation.quality_flag import quality_flag_analysis, quality_flag_markdown, quality_flag_plot
 from scripts.evaluation.report import fmt, save_figure
 from scripts.files import write_json_atomic, write_text_atomic
 
 from .ledger import Ledger
 from .stats import ScoreTable, bootstrap_difference, score_table, seed_differences
 
-__all__ = ["COMPARISONS", "FAILURE_DICE", "quality_flag_analysis", "write_report"]
+__all__ = ["COMPARISONS", "write_report"]
 
 COMPARISONS = (("cooperative", "standard"), ("cooperative", "augmented"), ("augmented", "standard"))
 LABELS = {"standard": "standard", "augmented": "augmented", "cooperative": "cooperative"}
 COLORS = {"standard": "tab:blue", "augmented": "tab:orange", "cooperative": "tab:green"}
-FAILURE_DICE = 0.7  # a volume whose mean Dice (LV, MYO, RV) is below this counts as a failed segmentation
 
 
 def _per_budget(rows: list[dict[str, Any]], budgets: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
@@ -52,36 +52,6 @@ def _arm_stats(
         values = np.array([s[key] for s in per_seed], dtype=float)
         out[key] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1
                     else 0.0, "min": float(np.nanmin(values)), "max": float(np.nanmax(values)), "n": len(values)}
-    return out
-
-
-def quality_flag_analysis(rows: list[dict[str, Any]], arm: str = "cooperative") -> dict[str, Any]:
-    """How well ``disagreement_score`` detects volumes with mean Dice below :data:`FAILURE_DICE`.
-
-    Rows are one budget's FTN+STN rows of ``arm`` (all domains, all seeds). The threshold is chosen on a calibration
-    half of the test subjects (Youden's J) and assessed on the other half; the AUROC is given for both and all.
-    """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    data = [r for r in rows if r["arm"] == arm and r["output"] == "ftn_stn" and not math.isnan(r["disagreement_score"])]
-    subjects = sorted({str(r["subject"]) for r in data})
-    calibration = {s for i, s in enumerate(subjects) if i % 2 == 0}
-    out: dict[str, Any] = {"arm": arm, "failure_dice": FAILURE_DICE, "n_volumes": len(data)}
-    for name, part in (("all", data), ("calibration", [r for r in data if r["subject"] in calibration]),
-                       ("held_out", [r for r in data if r["subject"] not in calibration])):  # fmt: skip
-        failed = np.array([r["dice_mean"] < FAILURE_DICE for r in part])
-        score = np.array([r["disagreement_score"] for r in part])
-        out[name] = {"n": len(part), "failures": int(failed.sum())}
-        if 0 < failed.sum() < len(part):
-            out[name]["auroc"] = float(roc_auc_score(failed, score))
-        if name == "calibration" and 0 < failed.sum() < len(part):
-            fpr, tpr, thresholds = roc_curve(failed, score)
-            best = int(np.argmax(tpr - fpr))
-            out["threshold"] = float(thresholds[best])
-        if name == "held_out" and "threshold" in out and 0 < failed.sum() < len(part):
-            flagged = score >= out["threshold"]
-            out[name]["sensitivity"] = float(flagged[failed].mean())
-            out[name]["specificity"] = float((~flagged[~failed]).mean())
     return out
 
 
@@ -140,25 +110,6 @@ def _plot_differences(differences: dict[int, dict[str, Any]], budgets: Sequence[
     return save_figure(fig, path)
 
 
-def _plot_quality(rows: list[dict[str, Any]], analysis: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = [r for r in rows if r["arm"] == analysis["arm"] and r["output"] == "ftn_stn"]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter([r["disagreement_score"] for r in data], [r["dice_mean"] for r in data], s=6, alpha=0.5)
-    ax.axhline(FAILURE_DICE, color="red", lw=0.8, label=f"Dice {FAILURE_DICE}")
-    if "threshold" in analysis:
-        ax.axvline(analysis["threshold"], color="black", lw=0.8, ls="--", label="flag threshold")
-    ax.set_xlabel("FTN-STN disagreement score")
-    ax.set_ylabel("mean Dice (FTN+STN)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
 def write_report(
     ledger: Ledger,
     out_dir: Path,
@@ -205,9 +156,10 @@ def write_report(
         _plot_differences(differences, budgets, out_dir / "differences.png"),
     ]
     last = budgets[-1]
-    quality = quality_flag_analysis(by_budget[last]) if "cooperative" in stats[last] else {}
+    cooperative_rows = [r for r in by_budget[last] if r["arm"] == "cooperative"]
+    quality = quality_flag_analysis(cooperative_rows) if cooperative_rows else {}
     if quality.get("n_volumes"):
-        written.append(_plot_quality(by_budget[last], quality, out_dir / "quality_flag.png"))
+        written.append(quality_flag_plot(cooperative_rows, quality, out_dir / "quality_flag.png"))
     summary = {"context": context, "budgets": budgets, "in_domain": in_domain, "shifted": list(shifted),
                "groups": dict(groups), "stats": stats, "differences": differences, "quality_flag": quality,
                "runs": ledger.records()}  # fmt: skip
@@ -279,15 +231,9 @@ def _markdown(
             cells.append(fmt(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0))
         lines.append("| " + " | ".join(cells) + " |")
     if quality.get("n_volumes"):
-        held = quality.get("held_out", {})
         lines += ["", "## Quality flag", "",
-                  f"FTN-STN disagreement score of the cooperative model at {last} iterations against failed "
-                  f"segmentations (mean Dice < {FAILURE_DICE}) over every test set and seed: AUROC "
-                  f"{quality['all'].get('auroc', float('nan')):.3f} over {quality['all']['n']} volumes "
-                  f"({quality['all']['failures']} failed). Threshold chosen on half of the test subjects (Youden's "
-                  f"J): {quality.get('threshold', float('nan')):.4f}; on the other half AUROC "
-                  f"{held.get('auroc', float('nan')):.3f}, sensitivity {held.get('sensitivity', float('nan')):.2f}, "
-                  f"specificity {held.get('specificity', float('nan')):.2f}.",
+                  *quality_flag_markdown(quality, f"the cooperative model at {last} iterations, every test set and "
+                                         "seed"),
                   "", "![quality flag](quality_flag.png)"]  # fmt: skip
     lines += ["", "## Setup", ""]
     lines += [f"- {k}: {v}" for k, v in context.items() if k != "descriptions"]

@@ -206,7 +206,10 @@ def write_evaluation_report(
     rows: Sequence[Mapping[str, Any]], out_dir: str | Path, test_sets: Sequence[str]
 ) -> list[Path]:
     """``volumes.csv``, ``results.md`` (paper-shaped table + per-class tables), ``summary.json``,
-    ``dice_boxplot.png`` and ``hd95_boxplot.png`` for one evaluated model."""
+    ``dice_boxplot.png`` and ``hd95_boxplot.png`` for one evaluated model; where the rows carry the FTN-STN
+    disagreement score, also how well it flags failed volumes (AUROC, a threshold, ``quality_flag.png``)."""
+    from .quality_flag import quality_flag_analysis, quality_flag_markdown, quality_flag_plot
+
     out_dir = Path(out_dir)
     written = [write_csv(rows, out_dir / "volumes.csv")]
     test_sets = list(test_sets)
@@ -238,6 +241,11 @@ def write_evaluation_report(
             ),
             "",
         ]
+    quality = quality_flag_analysis(rows)
+    if "auroc" in quality["all"]:
+        parts += ["## Quality flag", "", *quality_flag_markdown(quality, f"this model over {', '.join(test_sets)}"),
+                  "", "![quality flag](quality_flag.png)", ""]  # fmt: skip
+        written.append(quality_flag_plot(rows, quality, out_dir / "quality_flag.png"))
     written.append(write_text_atomic(out_dir / "results.md", "\n".join(parts)))
     summary = {
         output: {
@@ -246,6 +254,7 @@ def write_evaluation_report(
         }
         for output in ("ftn_stn", "ftn")
     }
+    summary["quality_flag"] = quality
     written.append(write_json_atomic(out_dir / "summary.json", summary))
     groups = {"ftn": "FTN", "ftn_stn": "FTN+STN"}
     written.append(
