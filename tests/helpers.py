@@ -3,6 +3,7 @@ writers."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,11 @@ def make_bundle_copy(root: Path, seed: int = 0, torchscript: bool = False) -> Pa
         )
         (bundle / "models" / "model.pt").unlink()
     return bundle
+
+
+def configured_quality_threshold(bundle_root: Path = BUNDLE_ROOT) -> float:
+    """``quality_threshold`` as ``configs/inference.json`` of ``bundle_root`` sets it."""
+    return float(json.loads((bundle_root / "configs" / "inference.json").read_text())["quality_threshold"])
 
 
 def crop(image: np.ndarray, affine: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from scripts.evaluation.metrics import METRIC_KEYS
-from scripts.evaluation.quality_flag import quality_flag_analysis, youden_threshold
+from scripts.evaluation.quality_flag import quality_flag_analysis, split_by_subject, youden_threshold
 from scripts.evaluation.report import write_evaluation_report
 
 
@@ -52,9 +52,10 @@ def test_youden_threshold_is_the_best_observed_cut() -> None:
     failed = rng.random(50) < 0.4
     score = rng.random(50) + 0.3 * failed
     threshold = youden_threshold(failed, score)
-    best = max(((score[failed] >= t).mean() + (score[~failed] < t).mean() - 1, t) for t in np.unique(score))
-    flagged = score >= threshold
-    assert flagged[failed].mean() + (~flagged[~failed]).mean() - 1 == pytest.approx(best[0])
+    best = max((score[failed] >= t).mean() + (score[~failed] < t).mean() - 1 for t in np.unique(score))
+    flagged = score > threshold
+    assert not np.isin(threshold, score)  # between two observed scores, so > and >= flag alike
+    assert flagged[failed].mean() + (~flagged[~failed]).mean() - 1 == pytest.approx(best)
     with pytest.raises(ValueError, match="both failed and successful"):
         youden_threshold(np.zeros(3, dtype=bool), np.arange(3.0))
 
@@ -69,9 +70,14 @@ def test_threshold_is_chosen_on_half_of_the_subjects_and_assessed_on_the_other()
     result = quality_flag_analysis(rows)
     assert result["n_volumes"] == 40 and result["all"]["auroc"] == pytest.approx(1.0)
     assert result["calibration"]["n"] == result["held_out"]["n"] == 20
-    calibration_scores = [r["disagreement_score"] for r in rows[::2] if r["dice_mean"] < 0.7]
-    assert result["threshold"] == pytest.approx(min(calibration_scores))  # the highest cut that catches them all
+    failed_scores = [r["disagreement_score"] for r in rows[:40:2] if r["dice_mean"] < 0.7]
+    good_scores = [r["disagreement_score"] for r in rows[:40:2] if r["dice_mean"] >= 0.7]
+    assert result["threshold"] == pytest.approx((min(failed_scores) + max(good_scores)) / 2)  # the widest clean cut
     assert result["held_out"]["sensitivity"] == 1.0 and result["held_out"]["specificity"] == 1.0
+    copies = [{**r, "subject": f"{r['subject']}_0", "source_subject": r["subject"]} for r in rows[:40]]
+    calibration, held_out = split_by_subject(rows[:40] + copies)  # artefact copies stay with their source subject
+    assert {r["subject"] for r in calibration} == {f"s{s:02d}{c}" for s in range(0, 40, 2) for c in ("", "_0")}
+    assert len(held_out) == 40 and quality_flag_analysis(rows + copies)["threshold"] == result["threshold"]
     one_class = quality_flag_analysis([r for r in rows if r["dice_mean"] > 0.7])
     assert "auroc" not in one_class["all"] and "threshold" not in one_class
 

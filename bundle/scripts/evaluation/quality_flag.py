@@ -5,9 +5,10 @@ below ``failure_dice`` (0.7). The score is ``disagreement_score`` (FTN-STN disag
 :mod:`scripts.inference.quality`) unless another key is given.
 
 The threshold is chosen on a calibration half of the subjects by Youden's J (the largest sensitivity + specificity
-- 1; a volume is flagged when its score is at or above the threshold) and assessed on the other half, so the reported
+- 1; a volume is flagged when its score exceeds the threshold) and assessed on the other half, so the reported
 sensitivity and specificity are not measured on the volumes that set the threshold. Subjects are split, not volumes,
-so the ED and ES frames and every shifted copy of one subject fall on the same side. The result is what
+so the ED and ES frames and every shifted copy of one subject (artefact copies name theirs in ``source_subject``)
+fall on the same side. The result is what
 ``inference.json``'s ``quality_threshold`` is set from.
 """
 
@@ -22,25 +23,35 @@ import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
 
-__all__ = ["FAILURE_DICE", "quality_flag_analysis", "quality_flag_markdown", "quality_flag_plot", "youden_threshold"]
+__all__ = [
+    "FAILURE_DICE",
+    "quality_flag_analysis",
+    "quality_flag_markdown",
+    "quality_flag_plot",
+    "split_by_subject",
+    "youden_threshold",
+]
 
 FAILURE_DICE = 0.7
 
 
 def youden_threshold(failed: np.ndarray, score: np.ndarray) -> float:
-    """The score threshold (flag ``score >= t``) with the largest sensitivity + specificity - 1.
+    """The score threshold (flag ``score > t``) with the largest sensitivity + specificity - 1.
 
-    Candidates are the observed scores; among equal J the highest threshold wins (fewest flags). Both classes must
+    Cuts are tried between consecutive observed scores and the threshold is the midpoint of the best cut, so ``>``
+    and ``>=`` flag the same observed volumes; among equal J the highest cut wins (fewest flags). Both classes must
     be present.
     """
     failed, score = np.asarray(failed, dtype=bool), np.asarray(score, dtype=float)
     if failed.all() or not failed.any():
         raise ValueError("a threshold needs both failed and successful volumes")
-    candidates = np.unique(score)[::-1]
-    flagged = score[None, :] >= candidates[:, None]
+    levels = np.unique(score)[::-1]  # descending; the cut below levels[i] flags every score >= levels[i]
+    below = np.append(levels[1:], levels[-1] - max(1e-6, 1e-6 * abs(levels[-1])))
+    cuts = 0.5 * (levels + below)
+    flagged = score[None, :] > cuts[:, None]
     sensitivity = flagged[:, failed].mean(axis=1)
     specificity = (~flagged[:, ~failed]).mean(axis=1)
-    return float(candidates[int(np.argmax(sensitivity + specificity - 1.0))])
+    return float(cuts[int(np.argmax(sensitivity + specificity - 1.0))])
 
 
 def _auroc(failed: np.ndarray, score: np.ndarray) -> float:
@@ -65,15 +76,9 @@ def quality_flag_analysis(
         threshold are absent where a part lacks failed or successful volumes.
     """
     data = _scored(rows, score_key)
-    subject_of = {id(r): _subject(r, i) for i, r in enumerate(data)}
-    subjects = sorted(set(subject_of.values()))
-    calibration = {s for i, s in enumerate(subjects) if i % 2 == 0}
     out: dict[str, Any] = {"score": score_key, "failure_dice": failure_dice, "n_volumes": len(data)}
-    parts = {
-        "all": data,
-        "calibration": [r for r in data if subject_of[id(r)] in calibration],
-        "held_out": [r for r in data if subject_of[id(r)] not in calibration],
-    }
+    calibration, held_out = split_by_subject(data)
+    parts = {"all": data, "calibration": calibration, "held_out": held_out}
     for name, part in parts.items():
         failed = np.array([float(r["dice_mean"]) < failure_dice for r in part], dtype=bool)
         score = np.array([float(r[score_key]) for r in part], dtype=float)
@@ -84,10 +89,19 @@ def quality_flag_analysis(
         if name == "calibration":
             out["threshold"] = youden_threshold(failed, score)
         if name == "held_out" and "threshold" in out:
-            flagged = score >= out["threshold"]
+            flagged = score > out["threshold"]
             out[name]["sensitivity"] = float(flagged[failed].mean())
             out[name]["specificity"] = float((~flagged[~failed]).mean())
     return out
+
+
+def split_by_subject(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """Rows of every other subject (sorted) for calibration, the rest held out; a subject's frames and copies stay
+    together."""
+    subject_of = [_subject(r, i) for i, r in enumerate(rows)]
+    calibration = set(sorted(set(subject_of))[::2])
+    chosen = [s in calibration for s in subject_of]
+    return [r for r, c in zip(rows, chosen, strict=True) if c], [r for r, c in zip(rows, chosen, strict=True) if not c]
 
 
 def _scored(rows: Sequence[Mapping[str, Any]], score_key: str) -> list[Mapping[str, Any]]:
@@ -98,8 +112,9 @@ def _scored(rows: Sequence[Mapping[str, Any]], score_key: str) -> list[Mapping[s
 
 
 def _subject(row: Mapping[str, Any], index: int) -> str:
-    """The row's subject, else its image, else its position (rows without either are their own subject)."""
-    for key in ("subject", "image"):
+    """The subject a volume was made from: ``source_subject`` (artefact copies), else ``subject``, else ``image``,
+    else its position (rows without any are their own subject)."""
+    for key in ("source_subject", "subject", "image"):
         if row.get(key) not in (None, ""):
             return str(row[key])
     return f"#{index}"
