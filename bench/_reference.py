@@ -15,13 +15,15 @@ them).
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import sys
+import time
 import types
 from pathlib import Path
 
 import torch
 
-__all__ = ["ReferenceStep"]
+__all__ = ["ReferenceProcess", "ReferenceStep"]
 
 MASK_CONFIG = {
     "image": {"loss_name": "mse", "mask_type": "random", "max_threshold": 0.5, "random_threshold": True,
@@ -106,3 +108,44 @@ class ReferenceStep:
         loss.backward()
         solver.optimize_all_params()
         return float(loss.detach())
+
+
+def _serve(checkout: str, latent_da: bool, device: str, image: torch.Tensor, label: torch.Tensor, conn) -> None:
+    """Child process: build a :class:`ReferenceStep` and answer each request with one timed iteration's seconds."""
+    step = ReferenceStep(checkout, latent_da, torch.device(device))
+    conn.send("ready")
+    while conn.recv() == "step":
+        start = time.perf_counter()
+        step(image, label)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        conn.send(time.perf_counter() - start)
+
+
+class ReferenceProcess:
+    """A :class:`ReferenceStep` in a process of its own, as the reference's users run it: glibc's default malloc,
+    untouched by the allocator settings this bundle applies to its own process (``scripts.cpu_memory``).
+
+    Calling it runs one iteration there and returns the seconds the child measured. ``close()`` ends the child.
+    """
+
+    def __init__(
+        self, checkout: str | Path, latent_da: bool, device: torch.device, image: torch.Tensor, label: torch.Tensor
+    ) -> None:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this process
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(str(checkout), latent_da, str(device), image, label, child_conn), daemon=True
+        )
+        self._process.start()
+        if self._conn.recv() != "ready":
+            raise RuntimeError("the reference process did not start")
+
+    def __call__(self) -> float:
+        self._conn.send("step")
+        return float(self._conn.recv())
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._conn.send("stop")
+            self._process.join(timeout=30)

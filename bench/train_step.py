@@ -15,7 +15,9 @@ median over ``--iters`` rounds after ``--warmup`` untimed ones, the ratios, the 
     python bench/train_step.py --no-retain-memory               # glibc's default malloc (compare with a plain run)
 
 ``--reference`` takes a checkout of https://github.com/cherise215/Cooperative_Training_and_Latent_Space_Data_Augmentation
-(see ``bench/_reference.py``); in the same process it also benefits from the kept freed memory.
+(see ``bench/_reference.py``). It runs in processes of its own, as its users run it (glibc's default malloc), still
+in turn with the other contenders; ``--reference-process shared`` runs it in this process instead, where it also
+benefits from the bundle's allocator settings (``scripts.cpu_memory``).
 """
 
 from __future__ import annotations
@@ -150,6 +152,9 @@ def main() -> None:
         "--layouts", action="store_true", help="compare cooperative training in contiguous and channels-last layout"
     )
     parser.add_argument("--reference", default=None, help="checkout of the reference implementation to time beside")
+    parser.add_argument("--reference-process", choices=("own", "shared"), default="own",
+                        help="run the reference in processes of its own with glibc's default malloc, as its users do "
+                        "(own), or in this process with the bundle's allocator settings (shared)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="one cooperative iteration, part by part")
     parser.add_argument("--gradient-reuse", action="store_true",
                         help="cooperative iterations with the targeted masks' gradients from the standard pass vs "
@@ -191,21 +196,30 @@ def main() -> None:
         for name, latent_da in (("standard", False), ("cooperative", True)):
             trainer = make_trainer(latent_da, device, 0, True, retain)
             steps[name] = (lambda t=trainer: t._iteration(t, batch))
+    children = []
     if args.reference:
-        from _reference import ReferenceStep
+        from _reference import ReferenceProcess, ReferenceStep
 
         image = torch.cat([batch["image"], batch["image_orig"]])
         label = torch.cat([batch["label"], batch["label_orig"]])[:, 0].long()
         for name, latent_da in (("reference standard", False), ("reference cooperative", True)):
-            reference = ReferenceStep(args.reference, latent_da, device)
-            steps[name] = (lambda r=reference: r(image, label))
-    samples: dict[str, list[float]] = {k: [] for k in steps}
+            if args.reference_process == "own":
+                children.append(ReferenceProcess(args.reference, latent_da, device, image, label))
+                steps[name] = children[-1]  # returns the seconds measured in its process
+            else:
+                reference = ReferenceStep(args.reference, latent_da, device)
+                steps[name] = (lambda r=reference: timed(lambda: r(image, label), device))
+    own = {name: (lambda s=step: timed(s, device)) for name, step in steps.items() if not name.startswith("reference")}
+    runs = {**own, **{name: step for name, step in steps.items() if name.startswith("reference")}}
+    samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.warmup):
-        for step in steps.values():
-            timed(step, device)
+        for run in runs.values():
+            run()
     for _ in range(args.iters):  # in turn, so that load drifts affect every contender alike
-        for name, step in steps.items():
-            samples[name].append(timed(step, device))
+        for name, run in runs.items():
+            samples[name].append(run())
+    for child in children:
+        child.close()
     results = {name: statistics.median(times) for name, times in samples.items()}
     print(f"median of {args.iters} rounds after {args.warmup} warm-up")
     for name, value in results.items():

@@ -16,10 +16,10 @@ from scripts.model.networks import CoopSegNet
 
 IS_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
-# In a bare, fresh process (the setting is process-wide, and glibc adapts its thresholds to earlier frees): one 30 MiB
+# In a bare, fresh process (the setting is process-wide, and glibc adapts its thresholds to earlier frees): one large
 # block is allocated, written and freed, and glibc's own accounting (mallinfo2) says where it came from and whether the
-# heap kept it. The block is below the 32 MiB that the setting keeps on the heap and far above glibc's default
-# threshold (128 KiB), so the two cases differ by the allocator's rules alone, on any CPU.
+# heap kept it. The block is far above glibc's default threshold (128 KiB), so the two cases differ by the allocator's
+# rules alone, on any CPU.
 ALLOCATOR_SCRIPT = textwrap.dedent(
     """
     import ctypes, json, sys
@@ -36,7 +36,7 @@ ALLOCATOR_SCRIPT = textwrap.dedent(
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     applied = retain_freed_memory() if {retain} else False
-    size = 30 << 20
+    size = {size}
     before = libc.mallinfo2()
     block = libc.malloc(size)
     ctypes.memset(block, 1, size)
@@ -54,8 +54,8 @@ ALLOCATOR_SCRIPT = textwrap.dedent(
 )
 
 
-def _allocator(retain: bool) -> dict:
-    script = ALLOCATOR_SCRIPT.format(bundle=str(BUNDLE_ROOT), retain=retain)
+def _allocator(retain: bool, size: int) -> dict:
+    script = ALLOCATOR_SCRIPT.format(bundle=str(BUNDLE_ROOT), retain=retain, size=size)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -69,16 +69,16 @@ def test_retain_freed_memory_applies_on_glibc_and_is_idempotent() -> None:
 
 
 @pytest.mark.skipif(not IS_GLIBC, reason="the allocator setting exists only in glibc's malloc")
-def test_large_blocks_stay_on_the_heap_and_are_kept_after_free() -> None:
-    """The mechanism, by glibc's own accounting: with the setting a 30 MiB block comes from the heap and its memory
-    stays there after ``free`` (the next call reuses it without page faults); without it the block is mapped
-    separately and handed back to the OS on ``free``."""
-    size = 30 << 20
-    kept = _allocator(True)
+@pytest.mark.parametrize("size", [30 << 20, 64 << 20], ids=["30MiB", "64MiB_above_the_threshold_cap"])
+def test_large_blocks_stay_on_the_heap_and_are_kept_after_free(size: int) -> None:
+    """The mechanism, by glibc's own accounting: with the setting a large block (below and above the 32 MiB that
+    ``M_MMAP_THRESHOLD`` can reach) comes from the heap and its memory stays there after ``free`` (the next call
+    reuses it without page faults); without it the block is mapped separately and handed back to the OS on ``free``."""
+    kept = _allocator(True, size)
     assert kept["applied"] is True
     assert kept["mapped"] == 0 and kept["heap_growth"] >= size
     assert kept["heap_after_free"] >= kept["heap_before"] + size  # not trimmed: the pages stay with the process
-    default = _allocator(False)
+    default = _allocator(False, size)
     assert default["applied"] is False
     assert default["mapped"] >= size and default["heap_growth"] < size
 
