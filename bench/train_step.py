@@ -183,19 +183,18 @@ def main() -> None:
             print(f"  {name:36s} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
         print(f"  {'total':36s} {total:7.3f} s")
         return
-    steps = {}
+    runs = {}  # name -> one timed iteration, returning its seconds
     if args.gradient_reuse:
-        for name, reuse in (("own decoder passes", False), ("reused gradients", True)):
-            trainer = make_trainer(True, device, 0, True, retain, reuse)
-            steps[name] = (lambda t=trainer: t._iteration(t, batch))
+        trainers = {name: make_trainer(True, device, 0, True, retain, reuse)
+                    for name, reuse in (("own decoder passes", False), ("reused gradients", True))}  # fmt: skip
     elif args.layouts:
-        for name, channels_last in (("contiguous", False), ("channels_last", True)):
-            trainer = make_trainer(True, device, 0, channels_last, retain)
-            steps[name] = (lambda t=trainer: t._iteration(t, batch))
+        trainers = {name: make_trainer(True, device, 0, channels_last, retain)
+                    for name, channels_last in (("contiguous", False), ("channels_last", True))}  # fmt: skip
     else:
-        for name, latent_da in (("standard", False), ("cooperative", True)):
-            trainer = make_trainer(latent_da, device, 0, True, retain)
-            steps[name] = (lambda t=trainer: t._iteration(t, batch))
+        trainers = {name: make_trainer(latent_da, device, 0, True, retain)
+                    for name, latent_da in (("standard", False), ("cooperative", True))}  # fmt: skip
+    for name, trainer in trainers.items():
+        runs[name] = (lambda t=trainer: timed(lambda: t._iteration(t, batch), device))
     children = []
     if args.reference:
         from _reference import ReferenceProcess, ReferenceStep
@@ -205,12 +204,10 @@ def main() -> None:
         for name, latent_da in (("reference standard", False), ("reference cooperative", True)):
             if args.reference_process == "own":
                 children.append(ReferenceProcess(args.reference, latent_da, device, image, label))
-                steps[name] = children[-1]  # returns the seconds measured in its process
+                runs[name] = children[-1]  # returns the seconds measured in its own process
             else:
                 reference = ReferenceStep(args.reference, latent_da, device)
-                steps[name] = (lambda r=reference: timed(lambda: r(image, label), device))
-    own = {name: (lambda s=step: timed(s, device)) for name, step in steps.items() if not name.startswith("reference")}
-    runs = {**own, **{name: step for name, step in steps.items() if name.startswith("reference")}}
+                runs[name] = (lambda r=reference: timed(lambda: r(image, label), device))
     samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.warmup):
         for run in runs.values():
