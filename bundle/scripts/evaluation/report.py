@@ -22,6 +22,7 @@ import numpy as np
 from ..files import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 from ..labels import LABELS
 from .metrics import METRIC_KEYS
+from .quality_flag import quality_flag_analysis, quality_flag_markdown, quality_flag_plot
 
 __all__ = [
     "OUTPUT_LABELS",
@@ -208,7 +209,6 @@ def write_evaluation_report(
     """``volumes.csv``, ``results.md`` (paper-shaped table + per-class tables), ``summary.json``,
     ``dice_boxplot.png`` and ``hd95_boxplot.png`` for one evaluated model; where the rows carry the FTN-STN
     disagreement score, also how well it flags failed volumes (AUROC, a threshold, ``quality_flag.png``)."""
-    from .quality_flag import quality_flag_analysis, quality_flag_markdown, quality_flag_plot
 
     out_dir = Path(out_dir)
     written = [write_csv(rows, out_dir / "volumes.csv")]
