@@ -109,3 +109,15 @@ def test_resume_without_a_saved_state_says_where_it_looked(tmp_path: Path) -> No
         _train(tmp_path, "fresh", epochs=1, resume=True)
     text = _chain(failure.value)
     assert "no training state" in text and str(tmp_path / "fresh" / "models") in text
+
+
+def test_resume_from_an_incomplete_training_state_names_the_file(tmp_path: Path) -> None:
+    models = tmp_path / "cut" / "models"
+    models.mkdir(parents=True)
+    cut = models / "training_state_checkpoint_epoch=3.pt"
+    cut.write_bytes(b"PK\x03\x04 the first bytes of a training state")
+    with pytest.raises(Exception) as failure:  # noqa: B017 - wrapped by MONAI's config evaluation
+        _train(tmp_path, "cut", epochs=4, resume=True)
+    text = _chain(failure.value)
+    assert "not a complete training state" in text and str(cut) in text
+    assert cut.read_bytes().startswith(b"PK\x03\x04 the first")  # left as it was

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from conftest import BUNDLE_ROOT, REPO_ROOT
-from tools.robustness.experiment import ARMS, PROTOCOLS, evaluation_command, main, parse_override, training_command
+from tools.robustness.experiment import (
+    ARMS,
+    PROTOCOLS,
+    Experiment,
+    evaluation_command,
+    main,
+    parse_override,
+    training_command,
+)
 from tools.robustness.ledger import Ledger, RunSpec, config_key
 from tools.robustness.stats import bootstrap_difference, score_table, seed_differences
 
@@ -77,6 +85,25 @@ def test_paired_bootstrap_finds_a_real_difference_and_no_false_one() -> None:
     broken[-1]["subject"] = "other"
     with pytest.raises(ValueError, match="holds other volumes"):
         score_table(broken)
+
+
+def test_a_failed_run_does_not_stop_the_others() -> None:
+    experiment = Experiment.__new__(Experiment)  # only what scheduling needs: no data, no training
+    experiment.arms, experiment.seeds, experiment.budgets = ["standard", "cooperative"], [0, 1], [2, 4]
+    experiment.overrides, experiment.data_fingerprint = {}, "data"
+    experiment.epochs, experiment.iterations_per_epoch, experiment.threads = 1, 4, 1
+    ran = []
+
+    def run(spec: RunSpec) -> dict:
+        ran.append(spec.name)
+        if spec.name == "cooperative_seed0":
+            raise RuntimeError("command failed (exit 1); full log: runs/x/train.log")
+        return {}
+
+    experiment.run = run
+    failed = experiment.run_all(jobs=1)
+    assert failed == {"cooperative_seed0": "command failed (exit 1); full log: runs/x/train.log"}
+    assert sorted(ran) == sorted(spec.name for spec in experiment.specs())  # every later run still ran
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -290,21 +290,32 @@ class Experiment:
             logger.info("%s: %d iterations evaluated on %d test sets", spec.name, budget, len(self.test_sets))
         return record
 
-    def run_all(self, jobs: int = 1) -> None:
+    def run_all(self, jobs: int = 1) -> dict[str, str]:
+        """Run every pending run, ``jobs`` at a time; return ``{run name: error}`` for the runs that failed.
+
+        A failed run does not stop the others: its error (naming its log) is logged when it happens and returned, and
+        the same command retries it. An interrupt (Ctrl-C) starts nothing new and waits for the runs under way.
+        """
         specs = self.specs()
         logger.info(
             "%d runs x %d budgets (%s iterations; %d epochs of %d iterations), %d at a time, %s thread(s) each",
             len(specs), len(self.budgets), self.budgets, self.epochs, self.iterations_per_epoch, jobs,
             self.threads or "default",
         )  # fmt: skip
+        failed: dict[str, str] = {}
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = [pool.submit(self.run, spec) for spec in specs]
+            futures = {pool.submit(self.run, spec): spec for spec in specs}
             try:
-                for future in futures:
-                    future.result()
+                for future in as_completed(futures):
+                    error = future.exception()
+                    if error is not None:
+                        name = futures[future].name
+                        failed[name] = str(error)
+                        logger.error("%s failed; the other runs go on. %s", name, error)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # start nothing new; finished work is in the ledger
                 raise
+        return failed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,8 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup["test_sets"], setup["overrides"], setup["eval_overrides"], results_dir, Path(args.run_dir),
         setup["fingerprint"], threads,
     )  # fmt: skip
-    if not args.report_only:
-        experiment.run_all(args.jobs)
+    failed = {} if args.report_only else experiment.run_all(args.jobs)
     from .report import write_report
 
     if setup.get("suite") is not None:
@@ -423,4 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     for path in written:
         print(path)
+    if failed:
+        logger.error(
+            "%d run(s) failed: %s. The report holds what finished; run the same command again to retry them.",
+            len(failed), ", ".join(sorted(failed)),
+        )  # fmt: skip
+        return 1
     return 0

@@ -11,6 +11,11 @@ latent masks and updates as the run that was never interrupted.
 Both handlers add the engine they are attached to as ``trainer`` to the objects they save or load, so a config can
 list them among the trainer's own handlers without referring to the trainer (a reference cycle).
 
+Every checkpoint file is written losslessly (:class:`AtomicCheckpointSaver`): MONAI's ``CheckpointSaver`` writes in
+place and, when it keeps ``n_saved`` files, removes the old file before writing the new one, so a run killed while
+saving leaves no complete training state at all. Here a file is written to a hidden temporary sibling and renamed into
+place, and a file being replaced is removed only after its successor is complete.
+
 Exact continuation needs the data loader's workers to be started afresh each epoch (``persistent_workers=False``,
 train.json's default): their random streams are then seeded from the restored main process streams.
 """
@@ -20,18 +25,24 @@ from __future__ import annotations
 import logging
 import random
 import re
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable
 
+from ..files import atomic_path
+
 __all__ = [
     "STATE_PREFIX",
+    "AtomicCheckpointSaver",
     "ResumeTraining",
     "SaveAtIterations",
     "SaveTrainingState",
@@ -53,6 +64,61 @@ def latest_training_state(ckpt_dir: str | Path, prefix: str = STATE_PREFIX) -> P
         if match:
             found.append((int(match.group(1)), path))
     return max(found)[1] if found else None
+
+
+def _is_complete(path: Path) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` archive: a zip file with its central directory (written last)."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+class _LosslessDiskSaver(DiskSaver):
+    """An ignite ``DiskSaver`` that writes each file atomically and removes replaced files only after the next save.
+
+    Args:
+        dirname: where files go (created if needed).
+        filename: a fixed file name used instead of the one ignite builds (MONAI's ``final_filename`` and
+            ``key_metric_filename``), or None.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, atomic=True, require_empty=False)
+        self.filename = filename
+        self._to_remove: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        name = self.filename or filename
+        with atomic_path(self.dirname / name) as tmp:
+            torch.save(checkpoint, tmp, **self.kwargs)
+        for old in self._to_remove:
+            if old != name:
+                (self.dirname / old).unlink(missing_ok=True)
+        self._to_remove = []
+
+    def remove(self, filename: str) -> None:
+        """Called by ignite before it saves the replacement: remember the file, remove it after that save."""
+        self._to_remove.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) whose files are never half-written and never lost while replaced.
+
+    Each file is written to a hidden temporary sibling and renamed into place; a file that a newer one replaces
+    (``n_saved``, a better key metric, the same fixed name) is removed only after the newer one is complete. A run
+    killed at any moment therefore leaves the previous checkpoint or the new one, whole.
+    """
+
+    def __init__(self, save_dir: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(save_dir, *args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                fixed = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = _LosslessDiskSaver(self.save_dir, filename=fixed)
 
 
 def _randomizables(obj: Any, seen: set[int] | None = None) -> Iterator[Randomizable]:
@@ -175,7 +241,7 @@ class _TrainingState:
 
 
 class SaveTrainingState(_TrainingState):
-    """Save the training state every ``interval`` epochs (MONAI ``CheckpointSaver``; only the newest file is kept).
+    """Save the training state every ``interval`` epochs (:class:`AtomicCheckpointSaver`; the newest file is kept).
 
     Args:
         ckpt_dir: where ``training_state_checkpoint_epoch=<n>.pt`` is written.
@@ -193,7 +259,7 @@ class SaveTrainingState(_TrainingState):
         self.interval = interval
 
     def attach(self, engine: Engine) -> None:
-        CheckpointSaver(
+        AtomicCheckpointSaver(
             save_dir=str(self.ckpt_dir),
             save_dict=self.objects_for(engine),
             file_prefix=STATE_PREFIX,
@@ -207,8 +273,9 @@ class ResumeTraining(_TrainingState):
     """Restore the latest training state of ``ckpt_dir`` before the first iteration (MONAI ``CheckpointLoader``).
 
     Takes the arguments of :class:`SaveTrainingState` (without ``interval``) plus ``map_location``. Raises
-    ``FileNotFoundError`` naming ``ckpt_dir`` when there is nothing to resume. The run then continues at the epoch after
-    the saved one and stops at the configured number of epochs.
+    ``FileNotFoundError`` naming ``ckpt_dir`` when there is nothing to resume, and ``ValueError`` naming the file when
+    the latest training state is incomplete (cut short by a version that wrote in place). The run then continues at the
+    epoch after the saved one and stops at the configured number of epochs.
     """
 
     def __init__(self, ckpt_dir: str | Path, *args: Any, map_location: Any = None, **kwargs: Any) -> None:
@@ -221,6 +288,12 @@ class ResumeTraining(_TrainingState):
             raise FileNotFoundError(
                 f"resume: no training state ({STATE_PREFIX}_*.pt) in {self.ckpt_dir}; it is written at the end of "
                 "every epoch of a run with the same --ckpt_dir. Start without --resume to train from the beginning."
+            )
+        if not _is_complete(path):
+            raise ValueError(
+                f"resume: {path} is not a complete training state (no zip central directory): it was cut short while "
+                "being written. Move it out of the way to resume from an earlier state in the same folder, if any, or "
+                "start without --resume."
             )
         logger.info("resuming training from %s", path)
         objects = self.objects_for(engine)

@@ -19,7 +19,6 @@ __all__ = ["ProgressBar", "HardExampleImages", "CheckpointBackup"]
 logger = logging.getLogger(__name__)
 
 
-
 class ProgressBar:
     """tqdm bar over an epoch's iterations showing the running loss (ignite's ``ProgressBar``)."""
 
@@ -110,7 +109,11 @@ class CheckpointBackup:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> Path | None:
-        files = sorted(p for p in self.ckpt_dir.glob("*") if p.suffix in (".pt", ".ts") and p.is_file())
+        files = sorted(
+            p
+            for p in self.ckpt_dir.glob("*")
+            if p.suffix in (".pt", ".ts") and p.is_file() and not p.name.startswith(".")  # not a file being written
+        )
         if not files:
             return None
         target = self.ckpt_dir / "backup" / time.strftime("%Y%m%d-%H%M%S")
