@@ -130,6 +130,9 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
         for d in ("source", "contrast", "RandomSpike", "thorax") for o in ("ftn", "ftn_stn")
     }  # fmt: skip
     assert all(0.0 <= r["dice_mean"] <= 1.0 and r["disagreement_score"] >= 0.0 for r in rows)
+    spikes = [r for r in rows if r["test_set"] == "RandomSpike"]  # artefact copies keep their source subject
+    assert spikes and all(r["source_subject"] and r["subject"].startswith(r["source_subject"] + "_") for r in spikes)
+    assert all(r["source_subject"] == "" for r in rows if r["test_set"] != "RandomSpike")
     report = (results / "tiny" / "report.md").read_text()
     assert "| 4 | cooperative - standard |" in report and "## Every test set at 4 iterations" in report
     summary = json.loads((results / "tiny" / "summary.json").read_text())

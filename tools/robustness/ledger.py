@@ -27,8 +27,10 @@ from scripts.files import write_csv_atomic, write_json_atomic
 
 __all__ = ["LEDGER_COLUMNS", "Ledger", "RunSpec", "config_key"]
 
-# per-volume columns kept in the ledger (paths and other bulky fields stay out of git)
-LEDGER_COLUMNS = ("test_set", "subject", "frame", "output")
+# per-volume identifiers kept in the ledger (paths and other bulky fields stay out of git); ``source_subject`` names
+# the subject an artefact copy was made from (empty for other volumes), so analyses can keep a subject's volumes
+# together
+LEDGER_COLUMNS = ("test_set", "subject", "source_subject", "frame", "output")
 _FLOAT_DIGITS = 5
 
 

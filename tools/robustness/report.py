@@ -110,14 +110,6 @@ def _plot_differences(differences: dict[int, dict[str, Any]], budgets: Sequence[
     return save_figure(fig, path)
 
 
-def _with_source_subject(row: dict[str, Any], groups: Mapping[str, str]) -> dict[str, Any]:
-    """Artefact copies are named ``<source subject>_<copy>`` (``scripts.data.artefacts``); the ledger keeps only
-    ``subject``, so the source is restored here for the quality flag's subject-wise split."""
-    if groups.get(row["test_set"]) == "artefact" and "_" in str(row["subject"]):
-        return {**row, "source_subject": str(row["subject"]).rsplit("_", 1)[0]}
-    return row
-
-
 def write_report(
     ledger: Ledger,
     out_dir: Path,
@@ -164,7 +156,7 @@ def write_report(
         _plot_differences(differences, budgets, out_dir / "differences.png"),
     ]
     last = budgets[-1]
-    cooperative_rows = [_with_source_subject(r, groups) for r in by_budget[last] if r["arm"] == "cooperative"]
+    cooperative_rows = [r for r in by_budget[last] if r["arm"] == "cooperative"]
     quality = quality_flag_analysis(cooperative_rows) if cooperative_rows else {}
     if quality.get("n_volumes"):
         written.append(quality_flag_plot(cooperative_rows, quality, out_dir / "quality_flag.png"))
