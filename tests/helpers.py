@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ckpt_export
+from monai.bundle import ConfigParser, ckpt_export
 
 from conftest import BUNDLE_ROOT
 from scripts.data.phantom import generate_subject
@@ -40,6 +40,18 @@ def make_bundle_copy(root: Path, seed: int = 0, torchscript: bool = False) -> Pa
             config_file=str(bundle / "configs" / "inference.json"),
         )
         (bundle / "models" / "model.pt").unlink()
+    return bundle
+
+
+def make_narrow_bundle_copy(root: Path, width: int, seed: int = 0) -> Path:
+    """A bundle copy (see :func:`make_bundle_copy`) whose ``models/model.pt`` holds fresh weights of a network only
+    ``width`` channels wide, for fast end-to-end runs; the workflow must then be run with the same ``width``."""
+    bundle = copy_bundle(root, seed=seed)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser["width"] = width
+    torch.manual_seed(seed)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
     return bundle
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from scipy import ndimage
 
 from conftest import BUNDLE_ROOT
+from helpers import make_narrow_bundle_copy
 from scripts.data.datalist import DatasetError
 from scripts.data.phantom import write_phantom_dataset
 from scripts.evaluation.metrics import dice_score, hd95_mm, volume_metrics
@@ -192,21 +192,13 @@ def test_resolve_test_sets_formats_and_errors(tmp_path: Path) -> None:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A temporary copy of the bundle with a random-init checkpoint, and a tiny phantom with a test split."""
     root = tmp_path_factory.mktemp("evaluate")
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs")
-    shutil.copytree(BUNDLE_ROOT / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    bundle = make_narrow_bundle_copy(root, TINY["width"])
     data = root / "data"
     datalist = {}
     for key, n, seed in (("training", 1, 1), ("validation", 1, 2), ("test", 2, 3)):
         entries = write_phantom_dataset(str(data / key), n, seed=seed, n_slices_range=(3, 4))
         datalist[key] = [{**e, "image": f"{key}/{e['image']}", "label": f"{key}/{e['label']}"} for e in entries]
     (data / "datalist.json").write_text(json.dumps(datalist))
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    parser["width"] = TINY["width"]
-    torch.manual_seed(0)
-    (bundle / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
     return {"bundle": bundle, "data": data}
 
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from conftest import BUNDLE_ROOT
+from helpers import make_narrow_bundle_copy
 from scripts.data.phantom import write_phantom_dataset
 from scripts.evaluation.agreement import AGREEMENT_INDICES, agreement, function_pairs, write_agreement_report
 from scripts.evaluation.function import (
@@ -242,20 +240,12 @@ def test_function_report_files(phantom: dict[str, Path], tmp_path: Path) -> None
 
 # --- evaluate.json: function agreement ----------------------------------------------------------------------------
 def test_evaluate_workflow_writes_function_agreement(tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs")
-    shutil.copytree(BUNDLE_ROOT / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    bundle = make_narrow_bundle_copy(tmp_path, TINY["width"])
     data = tmp_path / "data"
     entries = write_phantom_dataset(str(data / "test"), 3, seed=3, n_slices_range=(4, 4))
     entries = [{**e, "image": f"test/{e['image']}", "label": f"test/{e['label']}"} for e in entries]
     (data / "datalist.json").write_text(json.dumps({"training": entries[:2], "test": entries}))
     (data / "nopairs.json").write_text(json.dumps({"test": [{k: e[k] for k in ("image", "label")} for e in entries]}))
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    parser["width"] = TINY["width"]
-    torch.manual_seed(0)
-    (bundle / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
     workflow = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")],
         run_id="evaluating",
