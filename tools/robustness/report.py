@@ -1,5 +1,6 @@
 """The experiment's report, rebuilt from the ledger alone: tables per budget, learning curves, paired differences with
-bootstrap intervals, and how well the quality score flags failed segmentations.
+bootstrap intervals, what the curves show (:mod:`.verdict`), and how well the quality score flags failed
+segmentations.
 
 Written to ``docs/results/<tag>/``: ``report.md``, ``learning_curves.png``, ``differences.png``,
 ``quality_flag.png`` and ``summary.json`` (every number of the tables).
@@ -20,6 +21,7 @@ from scripts.files import write_json_atomic, write_text_atomic
 
 from .ledger import Ledger
 from .stats import ScoreTable, bootstrap_difference, score_table, seed_differences
+from .verdict import criterion, verdict_markdown
 
 __all__ = ["COMPARISONS", "write_report"]
 
@@ -161,8 +163,8 @@ def write_report(
     if quality.get("n_volumes"):
         written.append(quality_flag_plot(cooperative_rows, quality, out_dir / "quality_flag.png"))
     summary = {"context": context, "budgets": budgets, "in_domain": in_domain, "shifted": list(shifted),
-               "groups": dict(groups), "stats": stats, "differences": differences, "quality_flag": quality,
-               "runs": ledger.records()}  # fmt: skip
+               "groups": dict(groups), "stats": stats, "differences": differences, "criterion": criterion(differences),
+               "quality_flag": quality, "runs": ledger.records()}  # fmt: skip
     written.append(write_json_atomic(out_dir / "summary.json", summary))
     text = _markdown(stats, differences, tables[last], quality, in_domain, shifted, groups, arms, budgets, context)
     written.append(write_text_atomic(out_dir / "report.md", text))
@@ -219,6 +221,7 @@ def _markdown(
                 f"| {b} | {name.replace('-', ' - ')} | {shf['mean']:+.3f} [{shf['low']:+.3f}, {shf['high']:+.3f}] | "
                 f"{ind['mean']:+.3f} [{ind['low']:+.3f}, {ind['high']:+.3f}] | {seeds} |"
             )
+    lines += ["", *verdict_markdown(differences, [f"{a}-{b}" for a, b in COMPARISONS])]
     last = budgets[-1]
     domains = [in_domain, *shifted]
     lines += ["", f"## Every test set at {last} iterations (FTN+STN Dice, mean ± sd over seeds)", "",

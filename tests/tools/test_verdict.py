@@ -1,0 +1,46 @@
+"""The report's verdicts read from paired differences: ahead/behind/level per budget, from which budget an arm stays
+ahead, and the success criterion with each of its parts."""
+
+from __future__ import annotations
+
+from tools.robustness.verdict import budget_verdicts, criterion, stays_ahead_from, verdict_markdown
+
+
+def _difference(mean: float, low: float, high: float, n_seeds: int = 3, in_domain: float = 0.0) -> dict:
+    around = {"low": in_domain - 0.02, "high": in_domain + 0.02}
+    return {"shifted_avg": {"mean": mean, "low": low, "high": high, "n_seeds": n_seeds},
+            "in_domain": {"mean": in_domain, **around, "n_seeds": n_seeds}}  # fmt: skip
+
+
+def _differences(*per_budget: dict) -> dict:
+    budgets = (250, 500, 1000, 1500)
+    return {b: {"cooperative-standard": d} for b, d in zip(budgets, per_budget, strict=False)}
+
+
+def test_verdict_per_budget_follows_the_interval() -> None:
+    differences = _differences(_difference(0.02, -0.01, 0.05), _difference(-0.03, -0.05, -0.01),
+                               _difference(0.04, 0.01, 0.07), _difference(0.06, 0.03, 0.09))  # fmt: skip
+    assert budget_verdicts(differences, "cooperative-standard") == {250: "level", 500: "behind", 1000: "ahead",
+                                                                    1500: "ahead"}  # fmt: skip
+    assert budget_verdicts(differences, "cooperative-augmented") == {}
+
+
+def test_stays_ahead_from_needs_every_later_budget() -> None:
+    assert stays_ahead_from({250: "ahead", 500: "level", 1000: "ahead", 1500: "ahead"}) == 1000
+    assert stays_ahead_from({250: "ahead", 500: "ahead", 1000: "ahead", 1500: "level"}) is None
+    assert stays_ahead_from({250: "ahead", 500: "ahead"}) == 250
+    assert stays_ahead_from({}) is None
+
+
+def test_criterion_names_each_missing_part() -> None:
+    met = criterion(_differences(_difference(0.06, 0.02, 0.10, in_domain=-0.005)))
+    assert met["met"] and met["budget"] == 250
+    small = criterion(_differences(_difference(0.0, -0.1, 0.1), _difference(0.04, 0.01, 0.07)))
+    assert small["budget"] == 500 and not small["met"]
+    assert small["parts"] == {"gain": False, "interval": True, "in_domain": True, "seeds": True}
+    one_seed = criterion(_differences(_difference(0.08, 0.05, 0.11, n_seeds=1, in_domain=-0.02)))
+    assert one_seed["parts"] == {"gain": True, "interval": True, "in_domain": False, "seeds": False}
+    text = "\n".join(verdict_markdown(_differences(_difference(0.08, 0.05, 0.11, n_seeds=1)),
+                                      ["cooperative-standard"]))  # fmt: skip
+    assert "not met (missing: at least 3 seeds)" in text and "250: ahead (+0.080)" in text
+    assert criterion({250: {}})["met"] is False
