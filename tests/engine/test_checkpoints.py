@@ -8,7 +8,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from scripts.engine.checkpoints import AtomicCheckpointSaver
+from scripts.engine.checkpoints import AtomicCheckpointSaver, SaveTrainingState, latest_training_state
 
 
 class Killed(Exception):
@@ -83,3 +83,15 @@ def test_the_best_model_file_is_replaced_only_by_a_complete_one(tmp_path: Path, 
     validator.run([0], max_epochs=1)
     assert _listing(tmp_path) == ["model.pt"]
     assert torch.equal(_weights(best), network.weight.detach())
+
+
+def test_states_of_earlier_runs_give_way_to_the_first_complete_state(tmp_path: Path) -> None:
+    for epoch in (7, 9):  # left by a resumed run and by the run it resumed
+        torch.save({"stale": torch.zeros(1)}, tmp_path / f"training_state_checkpoint_epoch={epoch}.pt")
+    (tmp_path / "model.pt").write_bytes(b"not a training state, kept")
+    network = torch.nn.Linear(2, 2)
+    engine = Engine(lambda engine, batch: None)
+    SaveTrainingState(tmp_path, network, torch.optim.SGD(network.parameters(), lr=0.1)).attach(engine)
+    engine.run([0], max_epochs=2)
+    assert _listing(tmp_path) == ["model.pt", "training_state_checkpoint_epoch=2.pt"]
+    assert latest_training_state(tmp_path) == tmp_path / "training_state_checkpoint_epoch=2.pt"

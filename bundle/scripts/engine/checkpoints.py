@@ -104,6 +104,10 @@ class _LosslessDiskSaver(DiskSaver):
         """Called by ignite before it saves the replacement: remember the file, remove it after that save."""
         self._to_remove.append(self.filename or filename)
 
+    def remove_after_next_save(self, filenames: list[str]) -> None:
+        """Files of ``dirname`` written by an earlier process, to be replaced by the next complete save."""
+        self._to_remove.extend(filenames)
+
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` (same arguments) whose files are never half-written and never lost while replaced.
@@ -241,7 +245,8 @@ class _TrainingState:
 
 
 class SaveTrainingState(_TrainingState):
-    """Save the training state every ``interval`` epochs (:class:`AtomicCheckpointSaver`; the newest file is kept).
+    """Save the training state every ``interval`` epochs (:class:`AtomicCheckpointSaver`; the newest file is kept, and
+    the states of earlier processes in ``ckpt_dir`` are removed once this run's first state is complete).
 
     Args:
         ckpt_dir: where ``training_state_checkpoint_epoch=<n>.pt`` is written.
@@ -259,14 +264,19 @@ class SaveTrainingState(_TrainingState):
         self.interval = interval
 
     def attach(self, engine: Engine) -> None:
-        AtomicCheckpointSaver(
+        saver = AtomicCheckpointSaver(
             save_dir=str(self.ckpt_dir),
             save_dict=self.objects_for(engine),
             file_prefix=STATE_PREFIX,
             epoch_level=True,
             save_interval=self.interval,
             n_saved=1,
-        ).attach(engine)
+        )
+        # states left by earlier processes (the one resumed from, or a previous run's, already backed up) give way to
+        # this run's first complete state: one file remains, and it is this run's
+        earlier = sorted(p.name for p in self.ckpt_dir.glob(f"{STATE_PREFIX}_*.pt"))
+        saver._interval_checkpoint.save_handler.remove_after_next_save(earlier)
+        saver.attach(engine)
 
 
 class ResumeTraining(_TrainingState):
