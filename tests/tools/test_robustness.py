@@ -136,6 +136,7 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     report = (results / "tiny" / "report.md").read_text()
     assert "| 4 | cooperative - standard |" in report and "## Every test set at 4 iterations" in report
     assert "## What the curves show" in report and "Criterion at 4 iterations, cooperative - standard with 1" in report
+    assert "## Paired differences per test set at 4 iterations" in report and "| thorax | anatomy | " in report
     summary = json.loads((results / "tiny" / "summary.json").read_text())
     assert set(summary["stats"]["4"] if "4" in summary["stats"] else summary["stats"][4]) == {"standard",
                                                                                               "cooperative"}

@@ -233,6 +233,17 @@ def _markdown(
             values = [last_table.domain_mean(arm, s, d) for s in last_table.seeds(arm)]
             cells.append(fmt(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0))
         lines.append("| " + " | ".join(cells) + " |")
+    compared = [name for name in differences[last] if domains[0] in differences[last][name]]
+    if compared:
+        lines += ["", f"## Paired differences per test set at {last} iterations (FTN+STN Dice, 95% CI)", "",
+                  "| test set | group | " + " | ".join(n.replace("-", " - ") for n in compared) + " |",
+                  "|---|---|" + "---|" * len(compared)]  # fmt: skip
+        for d in domains:
+            cells = [d, groups.get(d, "")]
+            for name in compared:
+                v = differences[last][name][d]
+                cells.append(f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
+            lines.append("| " + " | ".join(cells) + " |")
     if quality.get("n_volumes"):
         lines += ["", "## Quality flag", "",
                   *quality_flag_markdown(quality, f"the cooperative model at {last} iterations, every test set and "
