@@ -124,6 +124,13 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 fixed = getattr(checkpoint.save_handler, "filename", None)
                 checkpoint.save_handler = _LosslessDiskSaver(self.save_dir, filename=fixed)
 
+    def replace_after_next_save(self, filenames: list[str]) -> None:
+        """Remove ``filenames`` of ``save_dir`` (written by an earlier process) once the next interval save is
+        complete, as ``n_saved`` would have if this process had written them."""
+        if self._interval_checkpoint is None:
+            raise ValueError("replace_after_next_save needs interval saving (save_interval > 0).")
+        self._interval_checkpoint.save_handler.remove_after_next_save(filenames)
+
 
 def _randomizables(obj: Any, seen: set[int] | None = None) -> Iterator[Randomizable]:
     """Every ``Randomizable`` reachable from ``obj`` through attributes, lists and dicts, in a fixed order."""
@@ -275,7 +282,7 @@ class SaveTrainingState(_TrainingState):
         # states left by earlier processes (the one resumed from, or a previous run's, already backed up) give way to
         # this run's first complete state: one file remains, and it is this run's
         earlier = sorted(p.name for p in self.ckpt_dir.glob(f"{STATE_PREFIX}_*.pt"))
-        saver._interval_checkpoint.save_handler.remove_after_next_save(earlier)
+        saver.replace_after_next_save(earlier)
         saver.attach(engine)
 
 
