@@ -107,7 +107,7 @@ def test_a_failed_run_does_not_stop_the_others() -> None:
 
 
 @pytest.mark.slow
-def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
+def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     watched = [BUNDLE_ROOT / "models", BUNDLE_ROOT / "logs"]
     before = {p: sorted(x.name for x in p.iterdir()) if p.is_dir() else None for p in watched}
     results = tmp_path / "results"
@@ -161,3 +161,7 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert lost.is_file() and (run_dirs["standard"] / "train.log").read_text() == trained_log
     assert "every budget evaluated earlier" in done.stderr
+
+    assert main([*args, "--status"]) == 0  # progress from the ledger and run folders, nothing run or written
+    table = capsys.readouterr().out
+    assert "| standard_seed0 | " + spec.key + " | all | [2, 4] | " in table and "| cooperative_seed0 |" in table

@@ -19,6 +19,7 @@ for what the ledger holds. From the repository root::
     nice -n 19 python -m tools.robustness                                 # synthetic few-shot suite, CPU defaults
     python -m tools.robustness --protocol paper --device cuda --jobs 3    # the paper's full protocol on one GPU
     python -m tools.robustness --report_only                              # tables and plots from the ledger
+    python -m tools.robustness --status                                   # how far every run has come
 
 Real data take ``--dataset_dir``, ``--datalist``, ``--test_set NAME=DATALIST#KEY`` (repeatable) and ``--in_domain``.
 """
@@ -290,6 +291,32 @@ class Experiment:
             logger.info("%s: %d iterations evaluated on %d test sets", spec.name, budget, len(self.test_sets))
         return record
 
+    def status(self) -> list[dict[str, Any]]:
+        """How far every run has come: budgets evaluated (ledger), models saved and the last epoch trained (run folder
+        on this machine), one dict per run in :meth:`specs` order."""
+        from scripts.engine.checkpoints import latest_training_state
+
+        rows = []
+        for spec in self.specs():
+            models = self.run_root / spec.key / "models"
+            state = latest_training_state(models)
+            rows.append({
+                "run": spec.name, "key": spec.key,
+                "evaluated": sorted(set(self.ledger.evaluated_iterations(spec, self.eval_key))),
+                "saved": [b for b in self.budgets if (models / f"model_iter{b:06d}.pt").is_file()],
+                "epoch": int(state.stem.rsplit("=", 1)[1]) if state is not None else 0,
+            })  # fmt: skip
+        return rows
+
+    def status_table(self) -> str:
+        """:meth:`status` as a Markdown table."""
+        lines = [f"| run | ledger key | evaluated of {self.budgets} | models saved | epochs trained of {self.epochs} |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        for row in self.status():
+            done = "all" if len(row["evaluated"]) == len(self.budgets) else str(row["evaluated"] or "none")
+            lines.append(f"| {row['run']} | {row['key']} | {done} | {row['saved'] or 'none'} | {row['epoch']} |")
+        return "\n".join(lines)
+
     def run_all(self, jobs: int = 1) -> dict[str, str]:
         """Run every pending run, ``jobs`` at a time; return ``{run name: error}`` for the runs that failed.
 
@@ -340,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run_dir", default=str(root / "runs" / "robustness"), help="checkpoints and logs")
     parser.add_argument("--results_dir", default=str(root.parent / "docs" / "results"), help="ledger and report")
     parser.add_argument("--report_only", action="store_true", help="rebuild the report from the ledger, run nothing")
+    parser.add_argument("--status", action="store_true",
+                        help="print how far every run has come (ledger and run folders), change nothing")  # fmt: skip
     synthetic = parser.add_argument_group("synthetic suite (used when --dataset_dir is not given)")
     synthetic.add_argument("--train_subjects", type=int, default=None, help="default: the protocol's (10)")
     synthetic.add_argument("--val_subjects", type=int, default=None)
@@ -416,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup["test_sets"], setup["overrides"], setup["eval_overrides"], results_dir, Path(args.run_dir),
         setup["fingerprint"], threads,
     )  # fmt: skip
+    if args.status:
+        print(experiment.status_table())
+        return 0
     failed = {} if args.report_only else experiment.run_all(args.jobs)
     from .report import write_report
 
