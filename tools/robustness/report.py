@@ -53,7 +53,7 @@ def _arm_stats(
     for key in per_seed[0] if per_seed else []:
         values = np.array([s[key] for s in per_seed], dtype=float)
         out[key] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1
-                    else 0.0, "min": float(np.nanmin(values)), "max": float(np.nanmax(values)), "n": len(values)}
+                    else None, "min": float(np.nanmin(values)), "max": float(np.nanmax(values)), "n": len(values)}
     return out
 
 
@@ -188,8 +188,8 @@ def _markdown(
         "# Robustness experiment: standard, augmented and cooperative training",
         "",
         "FTN+STN mean Dice per 3D volume (LV, MYO, RV averaged), averaged over each test set's volumes; the shifted "
-        f"average is over {len(shifted)} shifted test sets. Mean ± sd over seeds; differences are paired by seed, with "
-        "95 % hierarchical bootstrap intervals over seeds and test volumes.",
+        f"average is over {len(shifted)} shifted test sets. Mean ± sd over seeds (the mean alone from one seed); "
+        "differences are paired by seed, with 95 % hierarchical bootstrap intervals over seeds and test volumes.",
         "",
         "![learning curves](learning_curves.png)",
         "",
@@ -231,7 +231,7 @@ def _markdown(
         cells = [d, groups.get(d, "")]
         for arm in (a for a in arms if a in last_table.values):
             values = [last_table.domain_mean(arm, s, d) for s in last_table.seeds(arm)]
-            cells.append(fmt(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0))
+            cells.append(fmt(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None))
         lines.append("| " + " | ".join(cells) + " |")
     compared = [name for name in differences[last] if domains[0] in differences[last][name]]
     if compared:
