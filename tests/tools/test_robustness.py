@@ -137,6 +137,8 @@ def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "| 4 | cooperative - standard |" in report and "## Every test set at 4 iterations" in report
     assert "## What the curves show" in report and "Criterion at 4 iterations, cooperative - standard with 1" in report
     assert "## Paired differences per test set at 4 iterations" in report and "| thorax | anatomy | " in report
+    (one_seed,) = [line for line in report.splitlines() if line.startswith("| 4 | cooperative | 1 | ")]
+    assert "±" not in one_seed  # no spread from a single seed
     summary = json.loads((results / "tiny" / "summary.json").read_text())
     assert set(summary["stats"]["4"] if "4" in summary["stats"] else summary["stats"][4]) == {"standard",
                                                                                               "cooperative"}
