@@ -44,6 +44,7 @@ from typing import Any
 import nibabel as nib
 
 from scripts import bundle_root
+from scripts.engine.checkpoints import SaveAtIterations
 from scripts.evaluation.metrics import METRIC_KEYS
 from scripts.evaluation.report import read_csv
 from scripts.inference.quality import QUALITY_KEYS
@@ -261,7 +262,7 @@ class Experiment:
             return self.ledger.record(spec)
         folder = self.run_root / spec.key
         models = folder / "models"
-        missing = [b for b in pending if not (models / f"model_iter{b:06d}.pt").is_file()]
+        missing = [b for b in pending if not (models / SaveAtIterations.filename(b)).is_file()]
         record = self.ledger.write_record(spec, machine=f"{os.cpu_count()} CPUs, {cpu_model()}",
                                           threads=self.threads, epochs=self.epochs)  # fmt: skip
         if missing:
@@ -274,12 +275,12 @@ class Experiment:
             record = self.ledger.write_record(
                 spec, train_s=record.get("train_s", 0.0) + wall, train_cpu_s=record.get("train_cpu_s", 0.0) + cpu
             )
-            still = [b for b in missing if not (models / f"model_iter{b:06d}.pt").is_file()]
+            still = [b for b in missing if not (models / SaveAtIterations.filename(b)).is_file()]
             if still:
                 raise RuntimeError(f"{spec.name}: training saved no model at iterations {still}; see {folder}")
         for budget in pending:
             eval_dir = folder / "eval" / f"iter{budget:06d}"
-            cmd = evaluation_command(self.bundle, models / f"model_iter{budget:06d}.pt", eval_dir, self.test_sets,
+            cmd = evaluation_command(self.bundle, models / SaveAtIterations.filename(budget), eval_dir, self.test_sets,
                                      spec.arm, {**self.overrides, **self.eval_overrides})  # fmt: skip
             wall, cpu = run_logged(cmd, folder / "eval.log", self.bundle, self.threads)
             rows = read_csv(eval_dir / "volumes.csv")
@@ -303,7 +304,7 @@ class Experiment:
             rows.append({
                 "run": spec.name, "key": spec.key,
                 "evaluated": sorted(set(self.ledger.evaluated_iterations(spec, self.eval_key))),
-                "saved": [b for b in self.budgets if (models / f"model_iter{b:06d}.pt").is_file()],
+                "saved": [b for b in self.budgets if (models / SaveAtIterations.filename(b)).is_file()],
                 "epoch": int(state.stem.rsplit("=", 1)[1]) if state is not None else 0,
             })  # fmt: skip
         return rows
