@@ -24,7 +24,7 @@ from tools.robustness.experiment import (
     training_command,
 )
 from tools.robustness.ledger import Ledger, RunSpec, config_key
-from tools.robustness.stats import bootstrap_difference, score_table, seed_differences
+from tools.robustness.stats import bootstrap_difference, bootstrap_trend, score_table, seed_differences
 
 TINY = ["--override", "pixdim=[5.0,5.0,-1]", "--override", "crop_size=32", "--override", "width=4",
         "--override", "batch_size=4", "--override", "num_workers=0", "--eval_override", "crop_size=32"]  # fmt: skip
@@ -87,6 +87,23 @@ def test_paired_bootstrap_finds_a_real_difference_and_no_false_one() -> None:
         score_table(broken)
 
 
+def test_trend_recovers_a_growing_gain_and_finds_none_in_a_constant_one() -> None:
+    budgets = (250, 500, 1000, 2000)
+    growing = {b: score_table(_rows(0.02 * i, rng_seed=i)) for i, b in enumerate(budgets)}  # +0.02 per doubling
+    trend = bootstrap_trend(growing, "a", "b", ["shifted"], n_boot=300)
+    assert trend is not None and trend.budgets == list(budgets) and trend.n_seeds == 3
+    assert 0.01 < trend.low < trend.slope < trend.high < 0.03 and abs(trend.slope - 0.02) < 0.005
+    assert abs(trend.at_last - 0.06) < 0.01
+    assert 2000 * 1.5 < trend.budget_reaching(0.08) < 2000 * 3  # one more doubling
+    constant = {b: score_table(_rows(0.03, rng_seed=10 + i)) for i, b in enumerate(budgets)}
+    flat = bootstrap_trend(constant, "a", "b", ["shifted"], n_boot=300)
+    assert flat.low < 0 < flat.high and abs(flat.at_last - 0.03) < 0.01
+    assert flat.budget_reaching(0.02) == 2000.0
+    assert bootstrap_trend({250: growing[250]}, "a", "b", ["shifted"]) is None
+    partial = {**growing, 2000: score_table(_rows(0.06, seeds=(0, 1), rng_seed=9))}
+    assert bootstrap_trend(partial, "a", "b", ["shifted"], n_boot=50).n_seeds == 2  # seeds with every budget
+
+
 def test_a_failed_run_does_not_stop_the_others() -> None:
     experiment = Experiment.__new__(Experiment)  # only what scheduling needs: no data, no training
     experiment.arms, experiment.seeds, experiment.budgets = ["standard", "cooperative"], [0, 1], [2, 4]
@@ -142,6 +159,8 @@ def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     summary = json.loads((results / "tiny" / "summary.json").read_text())
     assert set(summary["stats"]["4"] if "4" in summary["stats"] else summary["stats"][4]) == {"standard",
                                                                                               "cooperative"}
+    assert summary["trends"]["cooperative-standard"]["budgets"] == [2, 4]
+    assert "- cooperative - standard (1 seed(s), 2 to 4 iterations): " in report
     for png in ("learning_curves.png", "differences.png", "domains.png"):
         assert (results / "tiny" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run_dirs = {r["arm"]: tmp_path / "runs" / "tiny" / RunSpec(r["arm"], 0, r["overrides"], r["data"]).key

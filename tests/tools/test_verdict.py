@@ -3,7 +3,15 @@ ahead, and the success criterion with each of its parts."""
 
 from __future__ import annotations
 
-from tools.robustness.verdict import budget_verdicts, criterion, stays_ahead_from, verdict_markdown
+from tools.robustness.stats import Trend
+from tools.robustness.verdict import (
+    budget_verdicts,
+    criterion,
+    stays_ahead_from,
+    trend_direction,
+    trend_markdown,
+    verdict_markdown,
+)
 
 
 def _difference(mean: float, low: float, high: float, n_seeds: int = 3, in_domain: float = 0.0) -> dict:
@@ -44,3 +52,26 @@ def test_criterion_names_each_missing_part() -> None:
                                       ["cooperative-standard"]))  # fmt: skip
     assert "not met (missing: at least 3 seeds)" in text and "250: ahead (+0.080)" in text
     assert criterion({250: {}})["met"] is False
+
+
+def _trend(slope: float, low: float, high: float, at_last: float) -> Trend:
+    return Trend(slope, low, high, at_last, [250, 500, 1000, 1500], 3)
+
+
+def test_trend_says_where_the_line_points_and_no_further() -> None:
+    rising = _trend(0.02, 0.01, 0.03, 0.01)
+    assert trend_direction(rising) == "rising" and trend_direction(_trend(-0.02, -0.03, -0.01, 0.0)) == "falling"
+    assert rising.budget_reaching(0.05) == 1500 * 2**2  # +0.04 at +0.02 per doubling
+    text = "\n".join(trend_markdown({"cooperative-standard": rising, "augmented-standard": None}))
+    assert "+0.020 per doubling [+0.010, +0.030], rising" in text
+    assert "reaches +0.05 at about 6,000 iterations (from about 3,800 iterations to about 24,000 iterations" in text
+    assert "augmented - standard" not in text
+    flat = "\n".join(trend_markdown({"cooperative-standard": _trend(0.0005, -0.03, 0.05, 0.01)}))
+    assert "flat" in flat and "point to no budget" in flat
+    assert "more than 1,000 times the largest budget measured" in flat and "no sooner than about 2,600" in flat
+    falling = "\n".join(trend_markdown({"cooperative-standard": _trend(-0.02, -0.03, -0.01, 0.0)}))
+    assert "falling" in falling and "points to no budget" in falling
+    reached = "\n".join(trend_markdown({"cooperative-standard": _trend(-0.01, -0.03, 0.01, 0.06)}))
+    assert "at or above +0.05 within the measured budgets" in reached
+    other = "\n".join(trend_markdown({"cooperative-augmented": rising}))
+    assert "rising" in other and "reaches" not in other

@@ -20,8 +20,8 @@ from scripts.evaluation.report import fmt, save_figure
 from scripts.files import write_json_atomic, write_text_atomic
 
 from .ledger import Ledger
-from .stats import ScoreTable, bootstrap_difference, score_table, seed_differences
-from .verdict import criterion, verdict_markdown
+from .stats import ScoreTable, Trend, bootstrap_difference, bootstrap_trend, score_table, seed_differences
+from .verdict import criterion, trend_markdown, verdict_markdown
 
 __all__ = ["COMPARISONS", "write_report"]
 
@@ -152,6 +152,7 @@ def write_report(
                     "per_seed": {str(s): {"in_domain": d["in_domain"], "shifted_avg": d["shifted_avg"]}
                                  for s, d in per_seed.items()},  # fmt: skip
                 }
+    trends = {f"{a}-{b}": bootstrap_trend(tables, a, b, shifted) for a, b in COMPARISONS}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [
         _plot_curves(stats, arms, budgets, out_dir / "learning_curves.png"),
@@ -164,9 +165,12 @@ def write_report(
         written.append(quality_flag_plot(cooperative_rows, quality, out_dir / "quality_flag.png"))
     summary = {"context": context, "budgets": budgets, "in_domain": in_domain, "shifted": list(shifted),
                "groups": dict(groups), "stats": stats, "differences": differences, "criterion": criterion(differences),
-               "quality_flag": quality, "runs": ledger.records()}  # fmt: skip
+               "trends": {k: vars(t) for k, t in trends.items() if t is not None}, "quality_flag": quality,
+               "runs": ledger.records()}  # fmt: skip
     written.append(write_json_atomic(out_dir / "summary.json", summary))
-    text = _markdown(stats, differences, tables[last], quality, in_domain, shifted, groups, arms, budgets, context)
+    text = _markdown(
+        stats, differences, trends, tables[last], quality, in_domain, shifted, groups, arms, budgets, context
+    )
     written.append(write_text_atomic(out_dir / "report.md", text))
     return written
 
@@ -174,6 +178,7 @@ def write_report(
 def _markdown(
     stats: dict[int, dict[str, dict[str, Any]]],
     differences: dict[int, dict[str, Any]],
+    trends: Mapping[str, Trend | None],
     last_table: ScoreTable,
     quality: dict[str, Any],
     in_domain: str,
@@ -222,6 +227,8 @@ def _markdown(
                 f"{ind['mean']:+.3f} [{ind['low']:+.3f}, {ind['high']:+.3f}] | {seeds} |"
             )
     lines += ["", *verdict_markdown(differences, [f"{a}-{b}" for a, b in COMPARISONS])]
+    if any(t is not None for t in trends.values()):
+        lines += ["", *trend_markdown(trends)]
     last = budgets[-1]
     domains = [in_domain, *shifted]
     lines += ["", f"## Every test set at {last} iterations (FTN+STN Dice, mean ± sd over seeds)", "",

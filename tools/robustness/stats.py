@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Difference", "ScoreTable", "bootstrap_difference", "score_table", "seed_differences"]
+__all__ = [
+    "Difference",
+    "ScoreTable",
+    "Trend",
+    "bootstrap_difference",
+    "bootstrap_trend",
+    "score_table",
+    "seed_differences",
+]
 
 
 @dataclass
@@ -140,3 +148,91 @@ def bootstrap_difference(
         k: Difference(point[k], float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)), len(seeds))
         for k, v in boot.items()
     }
+
+
+@dataclass
+class Trend:
+    """A straight line through the paired shifted-average differences ``arm_a - arm_b`` against log2(iterations).
+
+    ``slope`` is the change of the difference per doubling of the budget, with its bootstrap 95 % interval
+    ``[low, high]``; ``at_last`` is the line's value at the largest budget.
+    """
+
+    slope: float
+    low: float
+    high: float
+    at_last: float
+    budgets: list[int]
+    n_seeds: int
+
+    def budget_reaching(self, target: float, slope: float | None = None) -> float | None:
+        """Iterations at which the line (or one with another ``slope`` through the same last point) reaches
+        ``target``: the largest budget if it is there already, None if the line never rises to it."""
+        slope = self.slope if slope is None else slope
+        last = self.budgets[-1]
+        if self.at_last >= target:
+            return float(last)
+        if slope <= 0:
+            return None
+        return float(last * 2.0 ** ((target - self.at_last) / slope))
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and the fitted value at ``x[-1]``."""
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(slope * x[-1] + intercept)
+
+
+def bootstrap_trend(
+    tables: Mapping[int, ScoreTable],
+    arm_a: str,
+    arm_b: str,
+    shifted: Sequence[str],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Trend | None:
+    """The :class:`Trend` of ``arm_a - arm_b`` over the budgets of ``tables`` (``{iterations: ScoreTable}``).
+
+    Only seeds that both arms have at every budget are used, so each point of the line comes from the same runs. The
+    interval resamples hierarchically as :func:`bootstrap_difference` does, with one draw of seeds and volumes shared
+    by all budgets (the budgets are snapshots of the same runs, evaluated on the same volumes). None when fewer than
+    two budgets or no common seed are available.
+    """
+    budgets = sorted(b for b, t in tables.items() if arm_a in t.values and arm_b in t.values)
+    if len(budgets) < 2:
+        return None
+    seeds = sorted(set.intersection(*(set(tables[b].seeds(arm_a)) & set(tables[b].seeds(arm_b)) for b in budgets)))
+    if not seeds:
+        return None
+    for b in budgets:
+        for d in shifted:
+            if tables[b].volumes[d] != tables[budgets[0]].volumes[d]:
+                raise ValueError(f"test set {d} holds other volumes at {b} iterations than at {budgets[0]}.")
+    diffs = {
+        b: {d: np.stack([t.values[arm_a][s][d] - t.values[arm_b][s][d] for s in seeds]) for d in shifted}
+        for b, t in ((b, tables[b]) for b in budgets)
+    }  # budget -> domain -> seeds x volumes
+    x = np.log2(np.asarray(budgets, dtype=np.float64))
+
+    def shifted_average(seed_idx: np.ndarray | None, vol_idx: Mapping[str, np.ndarray] | None) -> np.ndarray:
+        points = []
+        for b in budgets:
+            per_domain = []
+            for d in shifted:
+                values = diffs[b][d]
+                if seed_idx is not None and vol_idx is not None:
+                    values = values[np.ix_(seed_idx, vol_idx[d])]
+                per_domain.append(np.nanmean(values))
+            points.append(np.nanmean(per_domain))
+        return np.asarray(points)
+
+    slope, at_last = _line(x, shifted_average(None, None))
+    rng = np.random.default_rng(seed)
+    n_volumes = {d: diffs[budgets[0]][d].shape[1] for d in shifted}
+    slopes = np.empty(n_boot)
+    for i in range(n_boot):
+        seed_idx = rng.integers(0, len(seeds), len(seeds))
+        vol_idx = {d: rng.integers(0, n, n) for d, n in n_volumes.items()}
+        slopes[i] = _line(x, shifted_average(seed_idx, vol_idx))[0]
+    return Trend(slope, float(np.percentile(slopes, 2.5)), float(np.percentile(slopes, 97.5)), at_last, budgets,
+                 len(seeds))  # fmt: skip

@@ -5,6 +5,10 @@ A difference ``a - b`` at one budget is *ahead* when its 95 % interval lies abov
 *level* otherwise. The criterion (cooperative against standard at the largest budget): a gain of at least
 ``TARGET_GAIN`` on the shifted average with its interval above 0, an in-domain difference of at least
 ``IN_DOMAIN_TOLERANCE``, from at least ``MIN_SEEDS`` seeds.
+
+The trend (:class:`~.stats.Trend`) is a straight line through a difference against log2(iterations): *rising* when
+the interval of its slope lies above 0, *falling* when below, *flat* otherwise. For cooperative against standard it
+also says at which budget the line would reach ``TARGET_GAIN``, an extrapolation stated as such.
 """
 
 from __future__ import annotations
@@ -12,7 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["IN_DOMAIN_TOLERANCE", "MIN_SEEDS", "TARGET_GAIN", "budget_verdicts", "criterion", "verdict_markdown"]
+from .stats import Trend
+
+__all__ = [
+    "IN_DOMAIN_TOLERANCE",
+    "MIN_SEEDS",
+    "TARGET_GAIN",
+    "budget_verdicts",
+    "criterion",
+    "trend_direction",
+    "trend_markdown",
+    "verdict_markdown",
+]
 
 TARGET_GAIN = 0.05
 IN_DOMAIN_TOLERANCE = -0.01
@@ -98,3 +113,65 @@ def verdict_markdown(differences: Mapping[int, Mapping[str, Any]], comparisons: 
                   f"seed(s): shifted {result['shifted']:+.3f} (interval from {result['shifted_low']:+.3f}), in-domain "
                   f"{result['in_domain']:+.3f}: {status}."]  # fmt: skip
     return lines
+
+
+def trend_direction(trend: Trend) -> str:
+    """"rising", "falling" or "flat": where the 95 % interval of the slope lies."""
+    if trend.low > 0:
+        return "rising"
+    if trend.high < 0:
+        return "falling"
+    return "flat"
+
+
+MAX_EXTRAPOLATION = 1000
+
+
+def _iterations(value: float, last: int) -> str:
+    """An extrapolated budget in words; beyond ``MAX_EXTRAPOLATION`` times the largest one measured, only that."""
+    if value > MAX_EXTRAPOLATION * last:
+        return f"more than {MAX_EXTRAPOLATION:,} times the largest budget measured"
+    return f"about {float(f'{value:.2g}'):,.0f} iterations"
+
+
+def trend_markdown(trends: Mapping[str, Trend | None], target_comparison: str = "cooperative-standard") -> list[str]:
+    """The report's "Trend" section (lines of Markdown) for ``{comparison: Trend or None}``."""
+    lines = ["## Trend", "",
+             "A straight line through each shifted-average difference against log2(iterations), fitted to the seeds "
+             "that have every budget; its slope is the change per doubling of the budget, with a 95 % interval from "
+             "the same hierarchical bootstrap (*rising* when the interval lies above 0, *falling* when below, *flat* "
+             "otherwise). Budgets beyond the largest one measured are extrapolations of that line, not measurements.",
+             ""]  # fmt: skip
+    for comparison, trend in trends.items():
+        if trend is None:
+            continue
+        a, b = comparison.split("-")
+        last = trend.budgets[-1]
+        text = (f"- {a} - {b} ({trend.n_seeds} seed(s), {trend.budgets[0]} to {last} iterations): "
+                f"{trend.slope:+.3f} per doubling [{trend.low:+.3f}, {trend.high:+.3f}], {trend_direction(trend)}; "
+                f"the line stands at {trend.at_last:+.3f} at {last}.")  # fmt: skip
+        if comparison == target_comparison:
+            text += " " + _target_sentence(trend)
+        lines.append(text)
+    return lines
+
+
+def _target_sentence(trend: Trend) -> str:
+    last = trend.budgets[-1]
+    if trend.at_last >= TARGET_GAIN:
+        return f"It is at or above {TARGET_GAIN:+.2f} within the measured budgets."
+    at_point = trend.budget_reaching(TARGET_GAIN)
+    direction = trend_direction(trend)
+    if direction == "rising":
+        slow, fast = trend.budget_reaching(TARGET_GAIN, trend.low), trend.budget_reaching(TARGET_GAIN, trend.high)
+        return (f"Extrapolated from {last}, it reaches {TARGET_GAIN:+.2f} at {_iterations(at_point, last)} (from "
+                f"{_iterations(fast, last)} to {_iterations(slow, last)} over the slope's interval).")  # fmt: skip
+    if direction == "falling":
+        return f"Falling, it points to no budget at which the gain would reach {TARGET_GAIN:+.2f}."
+    fast = trend.budget_reaching(TARGET_GAIN, trend.high)
+    point = (f"at its point estimate it would reach {TARGET_GAIN:+.2f} at {_iterations(at_point, last)}"
+             if at_point is not None else f"at its point estimate it never reaches {TARGET_GAIN:+.2f}")  # fmt: skip
+    steepest = (f"no sooner than {_iterations(fast, last)} even at the interval's steepest slope" if fast is not None
+                else "not even at the interval's steepest slope")  # fmt: skip
+    return (f"The interval holds a flat or falling line, so the curves point to no budget at which the gain reaches "
+            f"{TARGET_GAIN:+.2f}; extrapolated from {last}, {point}, and {steepest}.")  # fmt: skip
