@@ -295,7 +295,7 @@ class Experiment:
     def status(self) -> list[dict[str, Any]]:
         """How far every run has come: budgets evaluated (ledger), models saved and the last epoch trained (run folder
         on this machine), one dict per run in :meth:`specs` order."""
-        from scripts.engine.checkpoints import latest_training_state
+        from scripts.engine.checkpoints import latest_training_state, state_epoch
 
         rows = []
         for spec in self.specs():
@@ -305,7 +305,7 @@ class Experiment:
                 "run": spec.name, "key": spec.key,
                 "evaluated": sorted(set(self.ledger.evaluated_iterations(spec, self.eval_key))),
                 "saved": [b for b in self.budgets if (models / SaveAtIterations.filename(b)).is_file()],
-                "epoch": int(state.stem.rsplit("=", 1)[1]) if state is not None else 0,
+                "epoch": state_epoch(state) if state is not None else 0,
             })  # fmt: skip
         return rows
 

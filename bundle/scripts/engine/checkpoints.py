@@ -48,6 +48,7 @@ __all__ = [
     "SaveTrainingState",
     "TrainingProgress",
     "latest_training_state",
+    "state_epoch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,12 +59,15 @@ _EPOCH = re.compile(r"epoch=(\d+)\.pt$")
 
 def latest_training_state(ckpt_dir: str | Path, prefix: str = STATE_PREFIX) -> Path | None:
     """The training state file of the latest epoch in ``ckpt_dir``, or None."""
-    found = []
-    for path in Path(ckpt_dir).glob(f"{prefix}_*.pt"):
-        match = _EPOCH.search(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
+    states = ((state_epoch(path), path) for path in Path(ckpt_dir).glob(f"{prefix}_*.pt"))
+    found = [(epoch, path) for epoch, path in states if epoch is not None]
     return max(found)[1] if found else None
+
+
+def state_epoch(path: str | Path) -> int | None:
+    """The epoch a training state file was saved after, read from its name (``..._epoch=<n>.pt``), or None."""
+    match = _EPOCH.search(Path(path).name)
+    return int(match.group(1)) if match else None
 
 
 def _is_complete(path: Path) -> bool:
