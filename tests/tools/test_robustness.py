@@ -186,3 +186,5 @@ def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main([*args, "--status"]) == 0  # progress from the ledger and run folders, nothing run or written
     table = capsys.readouterr().out
     assert "| standard_seed0 | " + spec.key + " | all | [2, 4] | " in table and "| cooperative_seed0 |" in table
+    (standard_row,) = [line for line in table.splitlines() if line.startswith("| standard_seed0 |")]
+    assert int(standard_row.strip(" |").rsplit("|", 1)[1]) >= 1  # epochs trained, read from the training state
