@@ -28,6 +28,8 @@ __all__ = ["COMPARISONS", "write_report"]
 COMPARISONS = (("cooperative", "standard"), ("cooperative", "augmented"), ("augmented", "standard"))
 LABELS = {"standard": "standard", "augmented": "augmented", "cooperative": "cooperative"}
 COLORS = {"standard": "tab:blue", "augmented": "tab:orange", "cooperative": "tab:green"}
+COMPARISON_COLORS = {"cooperative-standard": "tab:green", "cooperative-augmented": "tab:purple",
+                     "augmented-standard": "tab:orange"}  # fmt: skip
 
 
 def _per_budget(rows: list[dict[str, Any]], budgets: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
@@ -87,7 +89,10 @@ def _plot_curves(
     return save_figure(fig, path)
 
 
-def _plot_differences(differences: dict[int, dict[str, Any]], budgets: Sequence[int], path: Path) -> Path:
+def _plot_differences(
+    differences: dict[int, dict[str, Any]], trends: Mapping[str, Trend | None], budgets: Sequence[int], path: Path
+) -> Path:
+    """Paired differences with their intervals; on the shifted panel, each trend line dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,14 +106,20 @@ def _plot_differences(differences: dict[int, dict[str, Any]], budgets: Sequence[
             if not pts:
                 continue
             xs = [x for x, _ in pts]
-            ax.plot(xs, [d["mean"] for _, d in pts], "-o", ms=4, label=f"{a} - {b}", color=COLORS.get(a))
+            ax.plot(xs, [d["mean"] for _, d in pts], "-o", ms=4, label=f"{a} - {b}", color=COMPARISON_COLORS.get(name))
             ax.fill_between(xs, [d["low"] for _, d in pts], [d["high"] for _, d in pts], alpha=0.15,
-                            color=COLORS.get(a))  # fmt: skip
+                            color=COMPARISON_COLORS.get(name))  # fmt: skip
+            trend = trends.get(name)
+            if key == "shifted_avg" and trend is not None:
+                fit = np.geomspace(trend.budgets[0], trend.budgets[-1], 50)
+                line = trend.at_last + trend.slope * (np.log2(fit) - np.log2(trend.budgets[-1]))
+                ax.plot(fit, line, "--", lw=1, color=COMPARISON_COLORS.get(name))
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"Paired Dice difference, {key.replace('_', ' ')} (95% bootstrap interval)", fontsize=10)
         ax.set_xlabel("training iterations")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.suptitle("Dashed: the trend line (least squares in log2 iterations)", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -156,7 +167,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [
         _plot_curves(stats, arms, budgets, out_dir / "learning_curves.png"),
-        _plot_differences(differences, budgets, out_dir / "differences.png"),
+        _plot_differences(differences, trends, budgets, out_dir / "differences.png"),
     ]
     last = budgets[-1]
     cooperative_rows = [r for r in by_budget[last] if r["arm"] == "cooperative"]
