@@ -112,8 +112,7 @@ def _plot_differences(
             trend = trends.get(name)
             if key == "shifted_avg" and trend is not None:
                 fit = np.geomspace(trend.budgets[0], trend.budgets[-1], 50)
-                line = trend.at_last + trend.slope * (np.log2(fit) - np.log2(trend.budgets[-1]))
-                ax.plot(fit, line, "--", lw=1, color=COMPARISON_COLORS.get(name))
+                ax.plot(fit, trend.at(fit), "--", lw=1, color=COMPARISON_COLORS.get(name))
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"Paired Dice difference, {key.replace('_', ' ')} (95% bootstrap interval)", fontsize=10)
         ax.set_xlabel("training iterations")

@@ -165,6 +165,10 @@ class Trend:
     budgets: list[int]
     n_seeds: int
 
+    def at(self, iterations: float | np.ndarray) -> float | np.ndarray:
+        """The line's value at ``iterations``."""
+        return self.at_last + self.slope * (np.log2(iterations) - np.log2(self.budgets[-1]))
+
     def budget_reaching(self, target: float, slope: float | None = None) -> float | None:
         """Iterations at which the line (or one with another ``slope`` through the same last point) reaches
         ``target``: the largest budget if it is there already, None if the line never rises to it."""
