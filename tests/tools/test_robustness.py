@@ -188,3 +188,28 @@ def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "| standard_seed0 | " + spec.key + " | all | [2, 4] | " in table and "| cooperative_seed0 |" in table
     (standard_row,) = [line for line in table.splitlines() if line.startswith("| standard_seed0 |")]
     assert int(standard_row.strip(" |").rsplit("|", 1)[1]) >= 1  # epochs trained, read from the training state
+
+
+def test_the_reduced_gpu_script_sets_up_the_paper_protocol(tmp_path: Path) -> None:
+    """``tools/robustness/gpu_reduced.sh`` as documented, with ``--status`` appended (nothing trained) and tiny data:
+    its flags parse, it plans three arms x seeds 0-2 at 250 and 500 iterations, and its runs are keyed apart from
+    the CPU protocol's (other crop, batch, rate and device)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": ""}
+    tiny = ["--train_subjects", "1", "--val_subjects", "1", "--test_subjects", "1", "--domains", "contrast",
+            "--cache_dir", str(tmp_path / "cache"), "--run_dir", str(tmp_path / "runs"),
+            "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    done = subprocess.run(["bash", str(REPO_ROOT / "tools" / "robustness" / "gpu_reduced.sh"), "--status", *tiny],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "_seed" in line]
+    assert sorted(r.split("|")[1].strip() for r in rows) == sorted(
+        f"{arm}_seed{seed}" for arm in ("standard", "augmented", "cooperative") for seed in (0, 1, 2)
+    )
+    assert "evaluated of [250, 500]" in done.stdout and all("| none | none | 0 |" in r for r in rows)
+    gpu_keys = {r.split("|")[2].strip() for r in rows}
+    done = subprocess.run([sys.executable, "-m", "tools.robustness", "--status", "--seeds", "0", "1", "2", *tiny],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    cpu_keys = {line.split("|")[2].strip() for line in done.stdout.splitlines() if "_seed" in line}
+    assert len(gpu_keys) == len(cpu_keys) == 9 and not gpu_keys & cpu_keys
+    assert not (tmp_path / "results" / "gpu_reduced").exists()  # --status writes nothing
