@@ -59,6 +59,16 @@ def _arm_stats(
     return out
 
 
+def _iteration_axis(ax: Any, budgets: Sequence[int]) -> None:
+    """Iterations on a log2 axis, ticked at the budgets: doublings are equal steps and trend lines are straight."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(budgets), [f"{b:,}" for b in budgets])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("training iterations (log scale)")
+
+
 def _plot_curves(
     stats: dict[int, dict[str, dict[str, Any]]], arms: Sequence[str], budgets: Sequence[int], path: Path
 ) -> Path:
@@ -80,7 +90,7 @@ def _plot_curves(
             ax.plot(x, mean, "-o", color=COLORS.get(arm), label=LABELS.get(arm, arm), ms=4)
             ax.fill_between(x, [s["min"] for _, s in pts], [s["max"] for _, s in pts], color=COLORS.get(arm),
                             alpha=0.15)  # fmt: skip
-        ax.set_xlabel("training iterations")
+        _iteration_axis(ax, budgets)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -115,7 +125,7 @@ def _plot_differences(
                 ax.plot(fit, trend.at(fit), "--", lw=1, color=COMPARISON_COLORS.get(name))
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"Paired Dice difference, {key.replace('_', ' ')} (95% bootstrap interval)", fontsize=10)
-        ax.set_xlabel("training iterations")
+        _iteration_axis(ax, budgets)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Dashed: the trend line (least squares in log2 iterations)", fontsize=9)
