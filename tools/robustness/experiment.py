@@ -79,7 +79,7 @@ ARM_LABELS = {
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "default": {
         "budgets": [250, 500, 1000, 1500],
-        "seeds": [0, 1, 2, 3],
+        "seeds": [0, 1, 2, 3, 4],
         "overrides": {"lr_policy": "constant", "learning_rate": 0.001, "val_interval": 10},
         "eval_overrides": {"crop_size": 192},
         "train_subjects": 10,
