@@ -121,8 +121,8 @@ def _plot_differences(
                             color=COMPARISON_COLORS.get(name))  # fmt: skip
             trend = trends.get(name)
             if key == "shifted_avg" and trend is not None:
-                fit = np.geomspace(trend.budgets[0], trend.budgets[-1], 50)
-                ax.plot(fit, trend.at(fit), "--", lw=1, color=COMPARISON_COLORS.get(name))
+                ends = np.array([trend.budgets[0], trend.budgets[-1]])  # a straight line on the log2 axis
+                ax.plot(ends, trend.at(ends), "--", lw=1, color=COMPARISON_COLORS.get(name))
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"Paired Dice difference, {key.replace('_', ' ')} (95% bootstrap interval)", fontsize=10)
         _iteration_axis(ax, budgets)
