@@ -11,7 +11,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLE_ROOT
-from scripts.engine.checkpoints import latest_training_state
+from scripts.engine.checkpoints import best_model_record, latest_training_state
 
 TINY = {
     "crop_size": 32,
@@ -102,6 +102,15 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     moments_resumed = [s["exp_avg"] for s in state_resumed["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(moments_ref, moments_resumed, strict=True))
     assert state_ref["lr_scheduler"]["last_epoch"] == state_resumed["lr_scheduler"]["last_epoch"]
+    # where the best model came from, as the robustness experiment reads it: the same for both runs
+    record = best_model_record(latest_training_state(reference))
+    assert record == best_model_record(latest_training_state(resumed))
+    assert 1 <= record["epoch"] <= 3 and record["iteration"] == record["epoch"] * per_epoch
+    assert 0.0 <= record["val_dice"] <= 1.0 and record["epochs_trained"] == 3
+    no_validation = {"progress": {"best_metric": -1.0, "best_metric_epoch": -1},
+                     "trainer": {"epoch_length": per_epoch, "iteration": per_epoch}}  # fmt: skip
+    torch.save(no_validation, tmp_path / "unvalidated.pt")
+    assert best_model_record(tmp_path / "unvalidated.pt") is None
 
 
 def test_resume_without_a_saved_state_says_where_it_looked(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from tools.robustness.experiment import (
     parse_override,
     training_command,
 )
-from tools.robustness.ledger import Ledger, RunSpec, config_key
+from tools.robustness.ledger import SELECTED, Ledger, RunSpec, checkpoint_stem, config_key
 from tools.robustness.stats import bootstrap_difference, bootstrap_trend, score_table, seed_differences
 
 TINY = ["--override", "pixdim=[5.0,5.0,-1]", "--override", "crop_size=32", "--override", "width=4",
@@ -57,6 +57,25 @@ def test_run_keys_separate_configurations() -> None:
                   "data-v1"), RunSpec("cooperative", 0, {**base.overrides, "crop_size": 64}, "data-v1"),
                   RunSpec("cooperative", 0, base.overrides, "data-v2")):  # fmt: skip
         assert other.key != base.key
+
+
+def test_the_ledger_keeps_the_selected_model_apart_from_the_budgets(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "runs")
+    spec = RunSpec("standard", 0, {"latent_da": False}, "data-v1")
+    ledger.write_record(spec, selected={"epoch": 3, "iteration": 87, "val_dice": 0.8})
+    row = {"test_set": "source", "subject": "s1", "source_subject": "", "frame": "ED", "output": "ftn_stn",
+           "dice_mean": 0.712345678, "image": "/not/kept.nii.gz"}  # fmt: skip
+    ledger.write_evaluation(spec, "ev", {"test_sets": {}}, 250, [row], ["dice_mean"])
+    ledger.write_evaluation(spec, "ev", {"test_sets": {}}, SELECTED, [{**row, "dice_mean": 0.8}], ["dice_mean"])
+    assert ledger.evaluated_iterations(spec, "ev") == [250] and ledger.has_selected(spec, "ev")
+    (budget,) = ledger.rows("ev")
+    (selected,) = ledger.rows("ev", selected=True)
+    assert (budget["iteration"], budget["dice_mean"]) == (250, 0.71235) and "image" not in budget
+    assert (selected["iteration"], selected["dice_mean"]) == (87, 0.8)  # the iteration the run recorded
+    assert checkpoint_stem(250) == "iter000250" and checkpoint_stem(SELECTED) == "selected"
+    for bad in (0, "best", 2.5):
+        with pytest.raises(ValueError, match="expected a positive iteration count"):
+            checkpoint_stem(bad)
 
 
 def _rows(effect: float, noise: float = 0.02, seeds=(0, 1, 2), n=12, rng_seed=0) -> list[dict]:
@@ -132,7 +151,7 @@ def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
             "--train_subjects", "1", "--val_subjects", "1", "--test_subjects", "1",
             "--domains", "contrast", "RandomSpike", "thorax", "--threads", "1", "--jobs", "2",
             "--run_dir", str(tmp_path / "runs"), "--results_dir", str(results), "--cache_dir", str(tmp_path / "cache"),
-            *TINY]  # fmt: skip
+            *TINY, "--override", "val_interval=1"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": ""}  # as documented: from the repository root, nothing else needed
     done = subprocess.run([sys.executable, "-m", "tools.robustness", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
@@ -150,16 +169,29 @@ def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     spikes = [r for r in rows if r["test_set"] == "RandomSpike"]  # artefact copies keep their source subject
     assert spikes and all(r["source_subject"] and r["subject"].startswith(r["source_subject"] + "_") for r in spikes)
     assert all(r["source_subject"] == "" for r in rows if r["test_set"] != "RandomSpike")
+    # each run's model selected by validation, evaluated on the same test sets; the run records where it came from
+    selected = list(ledger.rows(selected=True))
+    assert {(r["arm"], r["test_set"]) for r in selected} == {
+        (a, d) for a in ("standard", "cooperative") for d in ("source", "contrast", "RandomSpike", "thorax")
+    }  # fmt: skip
+    for record in records:
+        chosen = record["selected"]
+        assert chosen["epoch"] >= 1 and 0.0 <= chosen["val_dice"] <= 1.0
+        assert {r["iteration"] for r in selected if r["arm"] == record["arm"]} == {chosen["iteration"]}
     report = (results / "tiny" / "report.md").read_text()
     assert "| 4 | cooperative - standard |" in report and "## Every test set at 4 iterations" in report
     assert "## What the curves show" in report and "Criterion at 4 iterations, cooperative - standard with 1" in report
     assert "## Paired differences per test set at 4 iterations" in report and "| thorax | anatomy | " in report
+    section = report.split("## The model each run selected by validation", 1)[1].split("\n## ", 1)[0]
+    assert "| cooperative - standard | " in section and "The success criterion on these models: " in section
     (one_seed,) = [line for line in report.splitlines() if line.startswith("| 4 | cooperative | 1 | ")]
     assert "±" not in one_seed  # no spread from a single seed
     summary = json.loads((results / "tiny" / "summary.json").read_text())
     assert set(summary["stats"]["4"] if "4" in summary["stats"] else summary["stats"][4]) == {"standard",
                                                                                               "cooperative"}
     assert summary["trends"]["cooperative-standard"]["budgets"] == [2, 4]
+    assert summary["selected"]["criterion"]["n_seeds"] == 1 and "cooperative-standard" in summary["selected"][
+        "differences"]
     assert "- cooperative - standard (1 seed(s), 2 to 4 iterations): " in report
     for png in ("learning_curves.png", "differences.png", "domains.png"):
         assert (results / "tiny" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -171,21 +203,24 @@ def test_tiny_experiment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     after = {p: sorted(x.name for x in p.iterdir()) if p.is_dir() else None for p in watched}
     assert after == before, "the experiment wrote into the bundle's models/ or logs/"
 
-    # a second start: everything in the ledger is reused; a lost evaluation is redone without retraining
+    # a second start: everything in the ledger is reused; lost evaluations are redone without retraining
     standard = next(r for r in records if r["arm"] == "standard")
     spec = RunSpec("standard", 0, standard["overrides"], standard["data"])
     (lost,) = [p for p in ledger.run_dir(spec).glob("*/iter000004.csv")]
     lost.unlink()
+    (lost_selected,) = [p for p in ledger.run_dir(spec).glob("*/selected.csv")]
+    lost_selected.unlink()
     trained_log = (run_dirs["standard"] / "train.log").read_text()
     done = subprocess.run([sys.executable, "-m", "tools.robustness", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert lost.is_file() and (run_dirs["standard"] / "train.log").read_text() == trained_log
-    assert "every budget evaluated earlier" in done.stderr
+    assert lost.is_file() and lost_selected.is_file()
+    assert (run_dirs["standard"] / "train.log").read_text() == trained_log
+    assert "cooperative_seed0: every budget and the selected model evaluated earlier" in done.stderr
 
     assert main([*args, "--status"]) == 0  # progress from the ledger and run folders, nothing run or written
     table = capsys.readouterr().out
-    assert "| standard_seed0 | " + spec.key + " | all | [2, 4] | " in table and "| cooperative_seed0 |" in table
+    assert "| standard_seed0 | " + spec.key + " | all | yes | [2, 4] | " in table and "| cooperative_seed0 |" in table
     (standard_row,) = [line for line in table.splitlines() if line.startswith("| standard_seed0 |")]
     assert int(standard_row.strip(" |").rsplit("|", 1)[1]) >= 1  # epochs trained, read from the training state
 
@@ -205,7 +240,7 @@ def test_the_reduced_gpu_script_sets_up_the_paper_protocol(tmp_path: Path) -> No
     assert sorted(r.split("|")[1].strip() for r in rows) == sorted(
         f"{arm}_seed{seed}" for arm in ("standard", "augmented", "cooperative") for seed in (0, 1, 2)
     )
-    assert "evaluated of [250, 500]" in done.stdout and all("| none | none | 0 |" in r for r in rows)
+    assert "evaluated of [250, 500]" in done.stdout and all("| none | no | none | 0 |" in r for r in rows)
     gpu_keys = {r.split("|")[2].strip() for r in rows}
     done = subprocess.run([sys.executable, "-m", "tools.robustness", "--status", "--seeds", "0", "1", "2", *tiny],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -10,8 +10,9 @@ Arms (bundle overrides on top of the shared ones):
 
 Every arm uses the same data, seeds, budget, learning-rate schedule and checkpoint selection. Each run is the
 bundle's own training workflow (``python -m monai.bundle run training``) saving the model after each budget in
-``--budgets`` (a learning curve from one run); each of those models is evaluated by ``evaluate.json`` on every test
-domain. Results go to the ledger (:mod:`tools.robustness.ledger`, ``docs/results/<tag>/runs/``), which the report
+``--budgets`` (a learning curve from one run); each of those models, and the run's model selected by validation
+(``model.pt``, the reference's model selection), is evaluated by ``evaluate.json`` on every test domain. Results go to
+the ledger (:mod:`tools.robustness.ledger`, ``docs/results/<tag>/runs/``), which the report
 (:mod:`tools.robustness.report`) reads alone. Started again with the same arguments, the experiment continues where
 it stopped: evaluated budgets are skipped, trainings resume from their last epoch (``--resume True``), on any machine
 for what the ledger holds. From the repository root::
@@ -44,13 +45,13 @@ from typing import Any
 import nibabel as nib
 
 from scripts import bundle_root
-from scripts.engine.checkpoints import SaveAtIterations
+from scripts.engine.checkpoints import SaveAtIterations, best_model_record, latest_training_state, state_epoch
 from scripts.evaluation.metrics import METRIC_KEYS
 from scripts.evaluation.report import read_csv
 from scripts.inference.quality import QUALITY_KEYS
 
 from ..machine import cpu_model
-from .ledger import Ledger, RunSpec, config_key
+from .ledger import SELECTED, Ledger, RunSpec, checkpoint_stem, config_key
 
 __all__ = [
     "ARMS",
@@ -100,6 +101,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 EVALUATION_VERSION = 2  # bump when the metrics computed per volume change
+# the bundle's best model by validation Dice (train.json's key-metric checkpoint), the reference's model selection
+SELECTED_MODEL = "model.pt"
 
 
 def _cli_value(value: Any) -> str:
@@ -255,17 +258,19 @@ class Experiment:
         return [b for b in self.budgets if b not in done]
 
     def run(self, spec: RunSpec) -> dict[str, Any]:
-        """Train (or resume) one run as far as needed, evaluate its pending budgets, update the ledger."""
+        """Train (or resume) one run as far as needed, evaluate its pending budgets and its validation-selected model,
+        update the ledger."""
         pending = self.pending(spec)
-        if not pending:
-            logger.info("%s: every budget evaluated earlier (ledger %s)", spec.name, spec.key)
+        selection_pending = not self.ledger.has_selected(spec, self.eval_key)
+        if not pending and not selection_pending:
+            logger.info("%s: every budget and the selected model evaluated earlier (ledger %s)", spec.name, spec.key)
             return self.ledger.record(spec)
         folder = self.run_root / spec.key
         models = folder / "models"
         missing = [b for b in pending if not (models / SaveAtIterations.filename(b)).is_file()]
         record = self.ledger.write_record(spec, machine=f"{os.cpu_count()} CPUs, {cpu_model()}",
                                           threads=self.threads, epochs=self.epochs)  # fmt: skip
-        if missing:
+        if missing or (selection_pending and not self._finished(models)):
             resume = any(models.glob("training_state_*.pt"))
             overrides = {**spec.overrides, "resume": resume}
             cmd = training_command(self.bundle, folder, self.dataset_dir, self.datalist, spec.seed, self.epochs,
@@ -279,24 +284,44 @@ class Experiment:
             if still:
                 raise RuntimeError(f"{spec.name}: training saved no model at iterations {still}; see {folder}")
         for budget in pending:
-            eval_dir = folder / "eval" / f"iter{budget:06d}"
-            cmd = evaluation_command(self.bundle, models / SaveAtIterations.filename(budget), eval_dir, self.test_sets,
-                                     spec.arm, {**self.overrides, **self.eval_overrides})  # fmt: skip
-            wall, cpu = run_logged(cmd, folder / "eval.log", self.bundle, self.threads)
-            rows = read_csv(eval_dir / "volumes.csv")
-            columns = [c for c in (*METRIC_KEYS, *QUALITY_KEYS) if c in rows[0]]
-            with self._lock:
-                self.ledger.write_evaluation(spec, self.eval_key, self.evaluation, budget, rows, columns)
-                record = self.ledger.write_record(spec, eval_s=record.get("eval_s", 0.0) + wall,
-                                                  eval_cpu_s=record.get("eval_cpu_s", 0.0) + cpu)  # fmt: skip
+            record = self._evaluate(spec, models / SaveAtIterations.filename(budget), budget, record)
             logger.info("%s: %d iterations evaluated on %d test sets", spec.name, budget, len(self.test_sets))
+        if selection_pending:
+            state = latest_training_state(models)
+            selection = best_model_record(state) if state is not None else None
+            if selection is None or not (models / SELECTED_MODEL).is_file():
+                logger.warning("%s: no validation ran in %d epochs, so the run selected no model (val_interval)",
+                               spec.name, self.epochs)  # fmt: skip
+                return record
+            selected = {k: selection[k] for k in ("epoch", "iteration", "val_dice")}
+            record = self.ledger.write_record(spec, selected=selected)
+            record = self._evaluate(spec, models / SELECTED_MODEL, SELECTED, record)
+            logger.info("%s: the model selected by validation (epoch %d, %d iterations, validation Dice %.4f) "
+                        "evaluated on %d test sets", spec.name, selected["epoch"], selected["iteration"],
+                        selected["val_dice"], len(self.test_sets))  # fmt: skip
         return record
 
-    def status(self) -> list[dict[str, Any]]:
-        """How far every run has come: budgets evaluated (ledger), models saved and the last epoch trained (run folder
-        on this machine), one dict per run in :meth:`specs` order."""
-        from scripts.engine.checkpoints import latest_training_state, state_epoch
+    def _finished(self, models: Path) -> bool:
+        """Whether the run trained every epoch (so its validation-selected model is final)."""
+        state = latest_training_state(models)
+        return state is not None and (state_epoch(state) or 0) >= self.epochs and (models / SELECTED_MODEL).is_file()
 
+    def _evaluate(self, spec: RunSpec, ckpt: Path, checkpoint: int | str, record: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate one model of a run on every test set; its per-volume rows go to the ledger."""
+        eval_dir = self.run_root / spec.key / "eval" / checkpoint_stem(checkpoint)
+        cmd = evaluation_command(self.bundle, ckpt, eval_dir, self.test_sets, spec.arm,
+                                 {**self.overrides, **self.eval_overrides})  # fmt: skip
+        wall, cpu = run_logged(cmd, self.run_root / spec.key / "eval.log", self.bundle, self.threads)
+        rows = read_csv(eval_dir / "volumes.csv")
+        columns = [c for c in (*METRIC_KEYS, *QUALITY_KEYS) if c in rows[0]]
+        with self._lock:
+            self.ledger.write_evaluation(spec, self.eval_key, self.evaluation, checkpoint, rows, columns)
+            return self.ledger.write_record(spec, eval_s=record.get("eval_s", 0.0) + wall,
+                                            eval_cpu_s=record.get("eval_cpu_s", 0.0) + cpu)  # fmt: skip
+
+    def status(self) -> list[dict[str, Any]]:
+        """How far every run has come: budgets and the validation-selected model evaluated (ledger), models saved and
+        the last epoch trained (run folder on this machine), one dict per run in :meth:`specs` order."""
         rows = []
         for spec in self.specs():
             models = self.run_root / spec.key / "models"
@@ -304,6 +329,7 @@ class Experiment:
             rows.append({
                 "run": spec.name, "key": spec.key,
                 "evaluated": sorted(set(self.ledger.evaluated_iterations(spec, self.eval_key))),
+                "selected": self.ledger.has_selected(spec, self.eval_key),
                 "saved": [b for b in self.budgets if (models / SaveAtIterations.filename(b)).is_file()],
                 "epoch": state_epoch(state) if state is not None else 0,
             })  # fmt: skip
@@ -311,11 +337,13 @@ class Experiment:
 
     def status_table(self) -> str:
         """:meth:`status` as a Markdown table."""
-        lines = [f"| run | ledger key | evaluated of {self.budgets} | models saved | epochs trained of {self.epochs} |",
-                 "|---|---|---|---|---|"]  # fmt: skip
+        lines = [f"| run | ledger key | evaluated of {self.budgets} | selected model evaluated | models saved | "
+                 f"epochs trained of {self.epochs} |", "|---|---|---|---|---|---|"]  # fmt: skip
         for row in self.status():
             done = "all" if len(row["evaluated"]) == len(self.budgets) else str(row["evaluated"] or "none")
-            lines.append(f"| {row['run']} | {row['key']} | {done} | {row['saved'] or 'none'} | {row['epoch']} |")
+            selected = "yes" if row["selected"] else "no"
+            lines.append(f"| {row['run']} | {row['key']} | {done} | {selected} | {row['saved'] or 'none'} | "
+                         f"{row['epoch']} |")  # fmt: skip
         return "\n".join(lines)
 
     def run_all(self, jobs: int = 1) -> dict[str, str]:

@@ -4,6 +4,8 @@ Layout under ``docs/results/<tag>/runs/``::
 
     <run key>/run.json                     what was trained: arm, seed, overrides, data, machine, times, status
     <run key>/<eval key>/iter<N>.csv       per-volume metrics of the model after N iterations on every test domain
+    <run key>/<eval key>/selected.csv      the same for the model the run selected by validation (``run.json`` names
+                                           its epoch, iteration and validation Dice under ``"selected"``)
     <run key>/<eval key>/evaluation.json   which test domains and evaluation settings the CSVs belong to
 
 A run key is a hash of everything that determines the trained weights (arm, seed, bundle overrides, the training
@@ -25,13 +27,25 @@ from typing import Any
 
 from scripts.files import write_csv_atomic, write_json_atomic
 
-__all__ = ["LEDGER_COLUMNS", "Ledger", "RunSpec", "config_key"]
+__all__ = ["LEDGER_COLUMNS", "SELECTED", "Ledger", "RunSpec", "checkpoint_stem", "config_key"]
 
 # per-volume identifiers kept in the ledger (paths and other bulky fields stay out of git); ``source_subject`` names
 # the subject an artefact copy was made from (empty for other volumes), so analyses can keep a subject's volumes
 # together
 LEDGER_COLUMNS = ("test_set", "subject", "source_subject", "frame", "output")
 _FLOAT_DIGITS = 5
+# the checkpoint of a run chosen by its validation Dice (the reference's model selection), beside the budgets
+SELECTED = "selected"
+
+
+def checkpoint_stem(checkpoint: int | str) -> str:
+    """The ledger file stem of a checkpoint: ``iter000250`` for a budget of 250 iterations, ``selected`` for
+    :data:`SELECTED`."""
+    if checkpoint == SELECTED:
+        return SELECTED
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1:
+        raise ValueError(f"checkpoint {checkpoint!r}: expected a positive iteration count or {SELECTED!r}.")
+    return f"iter{checkpoint:06d}"
 
 
 def config_key(content: Mapping[str, Any]) -> str:
@@ -94,16 +108,24 @@ class Ledger:
         folder = self.eval_dir(spec, eval_key)
         return sorted(int(p.stem[len("iter") :]) for p in folder.glob("iter*.csv")) if folder.is_dir() else []
 
+    def has_selected(self, spec: RunSpec, eval_key: str) -> bool:
+        """Whether the run's validation-selected model was evaluated."""
+        return (self.eval_dir(spec, eval_key) / f"{SELECTED}.csv").is_file()
+
     def write_evaluation(
         self,
         spec: RunSpec,
         eval_key: str,
         evaluation: Mapping[str, Any],
-        iteration: int,
+        checkpoint: int | str,
         rows: Sequence[Mapping[str, Any]],
         metric_columns: Sequence[str],
     ) -> Path:
-        """Keep the per-volume rows of one checkpoint (identifiers, metrics, quality scores), rounded."""
+        """Keep the per-volume rows of one checkpoint (identifiers, metrics, quality scores), rounded.
+
+        ``checkpoint``: the budget (iterations) the model was saved at, or :data:`SELECTED`.
+        """
+        stem = checkpoint_stem(checkpoint)
         folder = self.eval_dir(spec, eval_key)
         write_json_atomic(folder / "evaluation.json", dict(evaluation))
         columns = [*LEDGER_COLUMNS, *metric_columns]
@@ -111,21 +133,28 @@ class Ledger:
             {c: (round(float(r[c]), _FLOAT_DIGITS) if c in metric_columns else r.get(c, "")) for c in columns if c in r}
             for r in rows
         ]
-        return write_csv_atomic(folder / f"iter{iteration:06d}.csv", kept, columns)
+        return write_csv_atomic(folder / f"{stem}.csv", kept, columns)
 
     # reading everything -----------------------------------------------------------------------------------------
-    def rows(self, eval_key: str | None = None) -> Iterable[dict[str, Any]]:
-        """Every ledger row, with ``arm``, ``seed``, ``iteration`` and ``eval_key`` added; metrics as floats."""
+    def rows(self, eval_key: str | None = None, selected: bool = False) -> Iterable[dict[str, Any]]:
+        """Every ledger row of the budgets' models (or, with ``selected``, of the validation-selected models), with
+        ``arm``, ``seed``, ``iteration`` (for a selected model, the iteration it was saved at, or -1 when the run
+        record lacks it) and ``eval_key`` added; metrics as floats."""
+        pattern = f"*/{SELECTED}.csv" if selected else "*/iter*.csv"
         for record_path in sorted(self.root.glob("*/run.json")):
             record = json.loads(record_path.read_text())
-            for csv_path in sorted(record_path.parent.glob("*/iter*.csv")):
+            for csv_path in sorted(record_path.parent.glob(pattern)):
                 key = csv_path.parent.name
                 if eval_key is not None and key != eval_key:
                     continue
+                if selected:
+                    iteration = int((record.get("selected") or {}).get("iteration", -1))
+                else:
+                    iteration = int(csv_path.stem[len("iter") :])
                 with open(csv_path, newline="") as f:
                     for row in csv.DictReader(f):
                         out: dict[str, Any] = {"arm": record["arm"], "seed": int(record["seed"]), "eval_key": key}
-                        out["iteration"] = int(csv_path.stem[len("iter") :])
+                        out["iteration"] = iteration
                         for name, value in row.items():
                             out[name] = value if name in LEDGER_COLUMNS else _float(value)
                         yield out

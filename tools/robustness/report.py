@@ -1,6 +1,6 @@
 """The experiment's report, rebuilt from the ledger alone: tables per budget, learning curves, paired differences with
-bootstrap intervals, what the curves show (:mod:`.verdict`), and how well the quality score flags failed
-segmentations.
+bootstrap intervals, what the curves show (:mod:`.verdict`), the same comparison for each run's model selected by
+validation, and how well the quality score flags failed segmentations.
 
 Written to ``docs/results/<tag>/``: ``report.md``, ``learning_curves.png``, ``differences.png``,
 ``quality_flag.png`` and ``summary.json`` (every number of the tables).
@@ -21,7 +21,7 @@ from scripts.files import write_json_atomic, write_text_atomic
 
 from .ledger import Ledger
 from .stats import ScoreTable, Trend, bootstrap_difference, bootstrap_trend, score_table, seed_differences
-from .verdict import criterion, trend_markdown, verdict_markdown
+from .verdict import criterion, criterion_sentence, trend_markdown, verdict_markdown
 
 __all__ = ["COMPARISONS", "write_report"]
 
@@ -57,6 +57,31 @@ def _arm_stats(
         out[key] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1
                     else None, "min": float(np.nanmin(values)), "max": float(np.nanmax(values)), "n": len(values)}
     return out
+
+
+def _compare(
+    rows: list[dict[str, Any]], arms: Sequence[str], in_domain: str, shifted: Sequence[str], groups: Mapping[str, str]
+) -> tuple[ScoreTable, dict[str, dict[str, Any]], dict[str, Any]]:
+    """One set of models (one budget, or the validation-selected ones): the Dice table, each arm's statistics (HD95
+    under ``hd95:<key>``) and the paired differences of :data:`COMPARISONS` with their intervals and per seed."""
+    dice = score_table(rows, "dice_mean")
+    hd95 = score_table(rows, "hd95_mean")
+    stats: dict[str, dict[str, Any]] = {}
+    for arm in (a for a in arms if a in dice.values):
+        stats[arm] = _arm_stats(dice, arm, in_domain, shifted, groups)
+        for key, value in _arm_stats(hd95, arm, in_domain, shifted, groups).items():
+            stats[arm][f"hd95:{key}"] = value
+    differences: dict[str, Any] = {}
+    for a, b in COMPARISONS:
+        if a in dice.values and b in dice.values and set(dice.seeds(a)) & set(dice.seeds(b)):
+            boot = bootstrap_difference(dice, a, b, in_domain, shifted)
+            per_seed = seed_differences(dice, a, b, in_domain, shifted)
+            differences[f"{a}-{b}"] = {
+                **{k: vars(v) for k, v in boot.items()},
+                "per_seed": {str(s): {"in_domain": d["in_domain"], "shifted_avg": d["shifted_avg"]}
+                             for s, d in per_seed.items()},  # fmt: skip
+            }
+    return dice, stats, differences
 
 
 def _iteration_axis(ax: Any, budgets: Sequence[int]) -> None:
@@ -154,24 +179,10 @@ def write_report(
     differences: dict[int, dict[str, Any]] = {}
     tables: dict[int, ScoreTable] = {}
     for budget in budgets:
-        dice = score_table(by_budget[budget], "dice_mean")
-        hd95 = score_table(by_budget[budget], "hd95_mean")
-        tables[budget] = dice
-        stats[budget] = {}
-        for arm in (a for a in arms if a in dice.values):
-            stats[budget][arm] = _arm_stats(dice, arm, in_domain, shifted, groups)
-            for key, value in _arm_stats(hd95, arm, in_domain, shifted, groups).items():
-                stats[budget][arm][f"hd95:{key}"] = value
-        differences[budget] = {}
-        for a, b in COMPARISONS:
-            if a in dice.values and b in dice.values and set(dice.seeds(a)) & set(dice.seeds(b)):
-                boot = bootstrap_difference(dice, a, b, in_domain, shifted)
-                per_seed = seed_differences(dice, a, b, in_domain, shifted)
-                differences[budget][f"{a}-{b}"] = {
-                    **{k: vars(v) for k, v in boot.items()},
-                    "per_seed": {str(s): {"in_domain": d["in_domain"], "shifted_avg": d["shifted_avg"]}
-                                 for s, d in per_seed.items()},  # fmt: skip
-                }
+        tables[budget], stats[budget], differences[budget] = _compare(
+            by_budget[budget], arms, in_domain, shifted, groups
+        )
+    selected = _selected(ledger, eval_key, arms, in_domain, shifted, groups)
     trends = {f"{a}-{b}": bootstrap_trend(tables, a, b, shifted) for a, b in COMPARISONS}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [
@@ -186,13 +197,83 @@ def write_report(
     summary = {"context": context, "budgets": budgets, "in_domain": in_domain, "shifted": list(shifted),
                "groups": dict(groups), "stats": stats, "differences": differences, "criterion": criterion(differences),
                "trends": {k: vars(t) for k, t in trends.items() if t is not None}, "quality_flag": quality,
-               "runs": ledger.records()}  # fmt: skip
+               "selected": {k: v for k, v in selected.items() if k != "table"}, "runs": ledger.records()}  # fmt: skip
     written.append(write_json_atomic(out_dir / "summary.json", summary))
     text = _markdown(
-        stats, differences, trends, tables[last], quality, in_domain, shifted, groups, arms, budgets, context
+        stats, differences, trends, tables[last], quality, in_domain, shifted, groups, arms, budgets, context, selected
     )
     written.append(write_text_atomic(out_dir / "report.md", text))
     return written
+
+
+def _selected(
+    ledger: Ledger,
+    eval_key: str,
+    arms: Sequence[str],
+    in_domain: str,
+    shifted: Sequence[str],
+    groups: Mapping[str, str],
+) -> dict[str, Any]:
+    """The comparison of the validation-selected models (empty when the ledger holds none): ``stats``,
+    ``differences``, ``criterion``, ``table`` and, per arm and seed, the iteration and validation Dice of the model."""
+    rows = list(ledger.rows(eval_key, selected=True))
+    if not rows:
+        return {}
+    table, stats, differences = _compare(rows, arms, in_domain, shifted, groups)
+    chosen: dict[str, dict[str, Any]] = {}
+    for record in ledger.records():
+        if record.get("selected") and record["arm"] in table.values and int(record["seed"]) in table.seeds(
+            record["arm"]
+        ):
+            chosen.setdefault(record["arm"], {})[str(record["seed"])] = record["selected"]
+    return {"stats": stats, "differences": differences, "criterion": criterion({0: differences}), "chosen": chosen,
+            "table": table}  # fmt: skip
+
+
+def _selected_markdown(selected: Mapping[str, Any], arms: Sequence[str], in_domain: str, shifted: Sequence[str],
+                       groups: Mapping[str, str], context: Mapping[str, Any]) -> list[str]:  # fmt: skip
+    """The report's section on the models selected by validation (lines of Markdown)."""
+    stats, differences, chosen = selected["stats"], selected["differences"], selected["chosen"]
+    interval = (context.get("overrides") or {}).get("val_interval")
+    every = f" (validated every {interval} epochs)" if interval else ""
+    lines = ["## The model each run selected by validation", "",
+             "Besides the model at each budget, every run keeps the model with the best validation Dice of FTN+STN "
+             f"on the source domain's validation subjects{every}: the reference implementation's model selection, "
+             "the same rule for every arm, never looking at a test set. Evaluated like the budgets' models.", "",
+             "| arm | seeds | selected at (iterations, per seed) | validation Dice | in-domain | shifted avg | "
+             "HD95 in-domain (mm) | HD95 shifted (mm) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm in (a for a in arms if a in stats):
+        s, picks = stats[arm], chosen.get(arm, {})
+        at = ", ".join(str(picks[k]["iteration"]) for k in sorted(picks, key=int)) or "-"
+        val = [picks[k]["val_dice"] for k in picks]
+        val_text = fmt(float(np.mean(val)), float(np.std(val, ddof=1)) if len(val) > 1 else None) if val else "-"
+        cells = [arm, str(s["in_domain"]["n"]), at, val_text, fmt(s["in_domain"]["mean"], s["in_domain"]["sd"]),
+                 fmt(s["shifted_avg"]["mean"], s["shifted_avg"]["sd"]),
+                 fmt(s["hd95:in_domain"]["mean"], s["hd95:in_domain"]["sd"], 2),
+                 fmt(s["hd95:shifted_avg"]["mean"], s["hd95:shifted_avg"]["sd"], 2)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| comparison | shifted avg [95% CI] | in-domain [95% CI] | per seed (shifted) |",
+              "|---|---|---|---|"]
+    for name, d in differences.items():
+        seeds = ", ".join(f"{v['shifted_avg']:+.3f}" for v in d["per_seed"].values())
+        shf, ind = d["shifted_avg"], d["in_domain"]
+        lines.append(f"| {name.replace('-', ' - ')} | {shf['mean']:+.3f} [{shf['low']:+.3f}, {shf['high']:+.3f}] | "
+                     f"{ind['mean']:+.3f} [{ind['low']:+.3f}, {ind['high']:+.3f}] | {seeds} |")  # fmt: skip
+    if selected["criterion"].get("parts"):
+        lines += ["", f"The success criterion on these models: {criterion_sentence(selected['criterion'])}."]
+    domains = [in_domain, *shifted]
+    compared = [name for name in differences if domains[0] in differences[name]]
+    if compared:
+        lines += ["", "Per test set (FTN+STN Dice, 95% CI):", "",
+                  "| test set | group | " + " | ".join(n.replace("-", " - ") for n in compared) + " |",
+                  "|---|---|" + "---|" * len(compared)]  # fmt: skip
+        for d in domains:
+            cells = [d, groups.get(d, "")]
+            for name in compared:
+                v = differences[name][d]
+                cells.append(f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _markdown(
@@ -207,6 +288,7 @@ def _markdown(
     arms: Sequence[str],
     budgets: Sequence[int],
     context: Mapping[str, Any],
+    selected: Mapping[str, Any] | None = None,
 ) -> str:
     group_names = sorted(set(groups.values()) - {"source"})
     lines = [
@@ -271,6 +353,8 @@ def _markdown(
                 v = differences[last][name][d]
                 cells.append(f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
             lines.append("| " + " | ".join(cells) + " |")
+    if selected:
+        lines += ["", *_selected_markdown(selected, arms, in_domain, shifted, groups, context)]
     if quality.get("n_volumes"):
         lines += ["", "## Quality flag", "",
                   *quality_flag_markdown(quality, f"the cooperative model at {last} iterations, every test set and "

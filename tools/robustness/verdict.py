@@ -24,6 +24,7 @@ __all__ = [
     "TARGET_GAIN",
     "budget_verdicts",
     "criterion",
+    "criterion_sentence",
     "trend_direction",
     "trend_markdown",
     "verdict_markdown",
@@ -101,18 +102,22 @@ def verdict_markdown(differences: Mapping[int, Mapping[str, Any]], comparisons: 
         lines.append(f"- {a} - {b}: {steps}. {tail}")
     result = criterion(differences)
     if result["budget"] is not None:
-        parts = result["parts"]
-        missing = [text for key, text in (
-            ("gain", f"a shifted gain of at least {TARGET_GAIN:+.2f}"),
-            ("interval", "an interval above 0"),
-            ("in_domain", f"in-domain at least {IN_DOMAIN_TOLERANCE:+.2f}"),
-            ("seeds", f"at least {MIN_SEEDS} seeds"),
-        ) if not parts[key]]  # fmt: skip
-        status = "met" if result["met"] else "not met (missing: " + "; ".join(missing) + ")"
-        lines += ["", f"Criterion at {result['budget']} iterations, cooperative - standard with {result['n_seeds']} "
-                  f"seed(s): shifted {result['shifted']:+.3f} (interval from {result['shifted_low']:+.3f}), in-domain "
-                  f"{result['in_domain']:+.3f}: {status}."]  # fmt: skip
+        lines += ["", f"Criterion at {result['budget']} iterations, {criterion_sentence(result)}."]
     return lines
+
+
+def criterion_sentence(result: Mapping[str, Any]) -> str:
+    """A measured :func:`criterion` in words: the numbers, then "met" or what is missing."""
+    parts = result["parts"]
+    missing = [text for key, text in (
+        ("gain", f"a shifted gain of at least {TARGET_GAIN:+.2f}"),
+        ("interval", "an interval above 0"),
+        ("in_domain", f"in-domain at least {IN_DOMAIN_TOLERANCE:+.2f}"),
+        ("seeds", f"at least {MIN_SEEDS} seeds"),
+    ) if not parts[key]]  # fmt: skip
+    status = "met" if result["met"] else "not met (missing: " + "; ".join(missing) + ")"
+    return (f"cooperative - standard with {result['n_seeds']} seed(s): shifted {result['shifted']:+.3f} (interval "
+            f"from {result['shifted_low']:+.3f}), in-domain {result['in_domain']:+.3f}: {status}")  # fmt: skip
 
 
 def trend_direction(trend: Trend) -> str:

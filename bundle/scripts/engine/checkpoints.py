@@ -47,6 +47,7 @@ __all__ = [
     "SaveAtIterations",
     "SaveTrainingState",
     "TrainingProgress",
+    "best_model_record",
     "latest_training_state",
     "state_epoch",
 ]
@@ -68,6 +69,23 @@ def state_epoch(path: str | Path) -> int | None:
     """The epoch a training state file was saved after, read from its name (``..._epoch=<n>.pt``), or None."""
     match = _EPOCH.search(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def best_model_record(state_path: str | Path) -> dict[str, Any] | None:
+    """Where the best model (``model.pt``) of a run came from, read from one of its training state files.
+
+    Returns ``{"epoch", "iteration", "val_dice", "epochs_trained", "iterations_trained"}``: the epoch whose validation
+    gave the best key metric, the iteration it ended at (validation runs at epoch ends), that metric, and how far the
+    run had come when the state was saved. None when no validation had run yet.
+    """
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    progress, trainer = state.get("progress", {}), state.get("trainer", {})
+    epoch = int(progress.get("best_metric_epoch", -1))
+    if epoch < 1:
+        return None
+    epoch_length, trained = int(trainer["epoch_length"]), int(trainer["iteration"])
+    return {"epoch": epoch, "iteration": epoch * epoch_length, "val_dice": float(progress["best_metric"]),
+            "epochs_trained": trained // epoch_length, "iterations_trained": trained}  # fmt: skip
 
 
 def _is_complete(path: Path) -> bool:
