@@ -197,7 +197,7 @@ def write_report(
     summary = {"context": context, "budgets": budgets, "in_domain": in_domain, "shifted": list(shifted),
                "groups": dict(groups), "stats": stats, "differences": differences, "criterion": criterion(differences),
                "trends": {k: vars(t) for k, t in trends.items() if t is not None}, "quality_flag": quality,
-               "selected": {k: v for k, v in selected.items() if k != "table"}, "runs": ledger.records()}  # fmt: skip
+               "selected": selected, "runs": ledger.records()}  # fmt: skip
     written.append(write_json_atomic(out_dir / "summary.json", summary))
     text = _markdown(
         stats, differences, trends, tables[last], quality, in_domain, shifted, groups, arms, budgets, context, selected
@@ -215,19 +215,16 @@ def _selected(
     groups: Mapping[str, str],
 ) -> dict[str, Any]:
     """The comparison of the validation-selected models (empty when the ledger holds none): ``stats``,
-    ``differences``, ``criterion``, ``table`` and, per arm and seed, the iteration and validation Dice of the model."""
+    ``differences``, ``criterion`` and, per arm and seed, the iteration and validation Dice of the model."""
     rows = list(ledger.rows(eval_key, selected=True))
     if not rows:
         return {}
     table, stats, differences = _compare(rows, arms, in_domain, shifted, groups)
     chosen: dict[str, dict[str, Any]] = {}
     for record in ledger.records():
-        if record.get("selected") and record["arm"] in table.values and int(record["seed"]) in table.seeds(
-            record["arm"]
-        ):
+        if record.get("selected") and int(record["seed"]) in table.seeds(record["arm"]):
             chosen.setdefault(record["arm"], {})[str(record["seed"])] = record["selected"]
-    return {"stats": stats, "differences": differences, "criterion": criterion({0: differences}), "chosen": chosen,
-            "table": table}  # fmt: skip
+    return {"stats": stats, "differences": differences, "criterion": criterion({0: differences}), "chosen": chosen}
 
 
 def _selected_markdown(selected: Mapping[str, Any], arms: Sequence[str], in_domain: str, shifted: Sequence[str],
@@ -255,24 +252,39 @@ def _selected_markdown(selected: Mapping[str, Any], arms: Sequence[str], in_doma
     lines += ["", "| comparison | shifted avg [95% CI] | in-domain [95% CI] | per seed (shifted) |",
               "|---|---|---|---|"]
     for name, d in differences.items():
-        seeds = ", ".join(f"{v['shifted_avg']:+.3f}" for v in d["per_seed"].values())
-        shf, ind = d["shifted_avg"], d["in_domain"]
-        lines.append(f"| {name.replace('-', ' - ')} | {shf['mean']:+.3f} [{shf['low']:+.3f}, {shf['high']:+.3f}] | "
-                     f"{ind['mean']:+.3f} [{ind['low']:+.3f}, {ind['high']:+.3f}] | {seeds} |")  # fmt: skip
+        lines.append(f"| {_difference_cells(name, d)} |")
     if selected["criterion"].get("parts"):
         lines += ["", f"The success criterion on these models: {criterion_sentence(selected['criterion'])}."]
-    domains = [in_domain, *shifted]
+    per_test_set = _per_test_set_lines(differences, [in_domain, *shifted], groups)
+    if per_test_set:
+        lines += ["", "Per test set (FTN+STN Dice, 95% CI):", "", *per_test_set]
+    return lines
+
+
+def _interval(value: Mapping[str, float]) -> str:
+    """A difference with its 95 % interval: ``+0.012 [-0.010, +0.034]``."""
+    return f"{value['mean']:+.3f} [{value['low']:+.3f}, {value['high']:+.3f}]"
+
+
+def _difference_cells(name: str, difference: Mapping[str, Any]) -> str:
+    """The cells of one comparison: name, shifted average and in-domain with intervals, shifted per seed."""
+    seeds = ", ".join(f"{v['shifted_avg']:+.3f}" for v in difference["per_seed"].values())
+    return (f"{name.replace('-', ' - ')} | {_interval(difference['shifted_avg'])} | "
+            f"{_interval(difference['in_domain'])} | {seeds}")  # fmt: skip
+
+
+def _per_test_set_lines(
+    differences: Mapping[str, Any], domains: Sequence[str], groups: Mapping[str, str]
+) -> list[str]:
+    """A table of every comparison's difference per test set (empty when none was measured per test set)."""
     compared = [name for name in differences if domains[0] in differences[name]]
-    if compared:
-        lines += ["", "Per test set (FTN+STN Dice, 95% CI):", "",
-                  "| test set | group | " + " | ".join(n.replace("-", " - ") for n in compared) + " |",
-                  "|---|---|" + "---|" * len(compared)]  # fmt: skip
-        for d in domains:
-            cells = [d, groups.get(d, "")]
-            for name in compared:
-                v = differences[name][d]
-                cells.append(f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
-            lines.append("| " + " | ".join(cells) + " |")
+    if not compared:
+        return []
+    lines = ["| test set | group | " + " | ".join(n.replace("-", " - ") for n in compared) + " |",
+             "|---|---|" + "---|" * len(compared)]  # fmt: skip
+    for d in domains:
+        cells = [d, groups.get(d, ""), *(_interval(differences[name][d]) for name in compared)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -322,12 +334,7 @@ def _markdown(
               "|---|---|---|---|---|"]  # fmt: skip
     for b in budgets:
         for name, d in differences[b].items():
-            seeds = ", ".join(f"{v['shifted_avg']:+.3f}" for v in d["per_seed"].values())
-            shf, ind = d["shifted_avg"], d["in_domain"]
-            lines.append(
-                f"| {b} | {name.replace('-', ' - ')} | {shf['mean']:+.3f} [{shf['low']:+.3f}, {shf['high']:+.3f}] | "
-                f"{ind['mean']:+.3f} [{ind['low']:+.3f}, {ind['high']:+.3f}] | {seeds} |"
-            )
+            lines.append(f"| {b} | {_difference_cells(name, d)} |")
     lines += ["", *verdict_markdown(differences, [f"{a}-{b}" for a, b in COMPARISONS])]
     if any(t is not None for t in trends.values()):
         lines += ["", *trend_markdown(trends)]
@@ -342,17 +349,10 @@ def _markdown(
             values = [last_table.domain_mean(arm, s, d) for s in last_table.seeds(arm)]
             cells.append(fmt(float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None))
         lines.append("| " + " | ".join(cells) + " |")
-    compared = [name for name in differences[last] if domains[0] in differences[last][name]]
-    if compared:
+    per_test_set = _per_test_set_lines(differences[last], domains, groups)
+    if per_test_set:
         lines += ["", f"## Paired differences per test set at {last} iterations (FTN+STN Dice, 95% CI)", "",
-                  "| test set | group | " + " | ".join(n.replace("-", " - ") for n in compared) + " |",
-                  "|---|---|" + "---|" * len(compared)]  # fmt: skip
-        for d in domains:
-            cells = [d, groups.get(d, "")]
-            for name in compared:
-                v = differences[last][name][d]
-                cells.append(f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
-            lines.append("| " + " | ".join(cells) + " |")
+                  *per_test_set]
     if selected:
         lines += ["", *_selected_markdown(selected, arms, in_domain, shifted, groups, context)]
     if quality.get("n_volumes"):
