@@ -143,6 +143,8 @@ class ValidateVolumed(Transform):
         label_key: the label, ``1, H, W, D`` (None or absent from the data: image only).
         max_frames: the most frames an image may have (1 for training, which reads 3D stacks; None: any).
         num_classes: labels hold codes ``0 .. num_classes - 1``.
+        input_grid: compare the label with the image's grid as read (``meta["spatial_shape"]``), for an image that
+            was resampled after loading (validation keeps labels on the input grid); else with its current shape.
     """
 
     def __init__(
@@ -151,11 +153,19 @@ class ValidateVolumed(Transform):
         label_key: str | None = None,
         max_frames: int | None = None,
         num_classes: int = NUM_CLASSES,
+        input_grid: bool = False,
     ) -> None:
         self.image_key = image_key
         self.label_key = label_key
         self.max_frames = max_frames
         self.num_classes = num_classes
+        self.input_grid = input_grid
+
+    def _image_grid(self, image: torch.Tensor) -> tuple[int, ...]:
+        meta = getattr(image, "meta", None) or {}
+        if self.input_grid and meta.get("spatial_shape") is not None:
+            return tuple(int(v) for v in np.asarray(meta["spatial_shape"]).ravel())
+        return _shape(image)[1:]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping[Hashable, torch.Tensor]:
         image = data[self.image_key]
@@ -163,5 +173,5 @@ class ValidateVolumed(Transform):
         check_image(image, source, self.max_frames)
         if self.label_key is not None and self.label_key in data:
             label_source = str(getattr(data[self.label_key], "meta", {}).get("filename_or_obj", self.label_key))
-            check_label(data[self.label_key], _shape(image)[1:], label_source, source, self.num_classes)
+            check_label(data[self.label_key], self._image_grid(image), label_source, source, self.num_classes)
         return data

@@ -30,7 +30,8 @@ class VolumeSliceDataset(Randomizable, torch.utils.data.Dataset):
         data: MONAI-style list of ``{"image": path, "label": path, ...}``; the ``data`` key that MONAI Label and
             overrides such as ``train#dataset#data`` replace.
         volume_transform: deterministic 3D preprocessing, output ``image``/``label`` of shape ``1, H, W, D``.
-        slice_transform: 2D transforms applied to each drawn slice (random augmentation and cropping).
+        slice_transform: 2D transforms applied to each drawn slice (random augmentation and cropping); a patch sampler
+            in it returns a list of one sample, which is unwrapped.
         cache_num_workers: workers that preprocess volumes into the cache.
         progress: show the caching progress bar.
     """
@@ -88,4 +89,11 @@ class VolumeSliceDataset(Randomizable, torch.utils.data.Dataset):
             "volume_index": v,
             "slice_index": s,
         }
-        return self.slice_transform(sample) if self.slice_transform is not None else sample
+        if self.slice_transform is None:
+            return sample
+        out = self.slice_transform(sample)
+        while isinstance(out, list):  # patch samplers (RandCropByPosNegLabeld ...) return num_samples=1 patches
+            if len(out) != 1:
+                raise ValueError(f"slice_transform returned {len(out)} samples for one slice; use num_samples=1.")
+            out = out[0]
+        return out

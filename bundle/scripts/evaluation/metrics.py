@@ -10,8 +10,13 @@ The unit is one 3D volume. Per foreground class of :mod:`scripts.labels`:
   empty: the volume's diagonal in mm, the largest distance possible, so a missed or hallucinated structure is
   penalised instead of ignored.
 
-Metric keys are ``dice_<name>`` and ``hd95_<name>`` with the label names of ``channel_def`` (``dice_lv``,
-``dice_myocardium``, ``dice_rv``), plus ``dice_mean`` and ``hd95_mean`` over the classes.
+* Far false positives: the fraction of the voxels predicted as the class that lie more than ``FAR_MM`` (20 mm) from
+  every voxel of the class in the reference (3D Euclidean distance in mm). A rough border never counts; a blob on the
+  aorta or a ring on a vessel far from the heart does. No prediction: 0. A prediction where the reference has none:
+  1 (all of it is far). ``far_all`` pools all foreground classes: far voxels over predicted voxels.
+
+Metric keys are ``dice_<name>``, ``hd95_<name>`` and ``far_<name>`` with the label names of ``channel_def``
+(``dice_lv``, ``dice_myocardium``, ``dice_rv`` ...), plus ``dice_mean``, ``hd95_mean`` and ``far_all``.
 """
 
 from __future__ import annotations
@@ -28,16 +33,30 @@ from scipy.spatial import cKDTree
 
 from ..labels import LABELS, Label, by_name
 
-__all__ = ["METRIC_KEYS", "class_pair", "dice_score", "hd95_mm", "metric_keys", "volume_metrics"]
+__all__ = [
+    "FAR_MM",
+    "METRIC_KEYS",
+    "class_pair",
+    "dice_score",
+    "far_voxels",
+    "hd95_mm",
+    "metric_keys",
+    "volume_metrics",
+]
+
+FAR_MM = 20.0
+"""A predicted voxel farther than this from its class in the reference is a far false positive."""
 
 
 def metric_keys(labels: Sequence[Label] = LABELS) -> tuple[str, ...]:
-    """The per-volume metric columns: Dice per class, their mean, HD95 per class, their mean."""
+    """The per-volume metric columns: Dice, HD95 and far false positives, per class and their mean."""
     return (
         tuple(f"dice_{lbl.name}" for lbl in labels)
         + ("dice_mean",)
         + tuple(f"hd95_{lbl.name}" for lbl in labels)
         + ("hd95_mean",)
+        + tuple(f"far_{lbl.name}" for lbl in labels)
+        + ("far_all",)
     )
 
 
@@ -84,6 +103,20 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> floa
     return float(max(np.quantile(pred_to_ref, 0.95), np.quantile(ref_to_pred, 0.95)))
 
 
+def far_voxels(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], far_mm: float = FAR_MM) -> tuple[int, int]:
+    """``(far, predicted)``: how many voxels of boolean mask ``pred`` lie more than ``far_mm`` from every voxel of
+    ``ref`` (voxel ``spacing`` in mm per axis), and how many ``pred`` has. With an empty ``ref`` every predicted voxel
+    is far."""
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    if pred.shape != ref.shape or len(spacing) != pred.ndim:
+        raise ValueError(f"shapes {pred.shape} and {ref.shape} with spacing {tuple(spacing)} do not agree.")
+    predicted = int(pred.sum())
+    if predicted == 0 or not ref.any():
+        return predicted, predicted
+    distance = ndimage.distance_transform_edt(~ref, sampling=[float(s) for s in spacing])
+    return int((distance[pred] > far_mm).sum()), predicted
+
+
 def volume_metrics(
     pred: np.ndarray | torch.Tensor,
     label: np.ndarray | torch.Tensor,
@@ -91,7 +124,7 @@ def volume_metrics(
     labels: Sequence[Label] = LABELS,
     empty_dice: float = 0.0,
 ) -> dict[str, float]:
-    """:data:`METRIC_KEYS` for one volume (``dice_lv`` ... ``hd95_mean``).
+    """:data:`METRIC_KEYS` for one volume (``dice_lv`` ... ``far_all``).
 
     ``pred`` and ``label`` are label maps ``H, W, D`` (codes 0 background, 1 LV, 2 MYO, 3 RV) or one-hot
     ``K, H, W, D``; ``spacing`` is the voxel size in mm per spatial axis. Means are over classes (NaN HD95 skipped).
@@ -101,13 +134,18 @@ def volume_metrics(
     if pred.shape != label.shape:
         raise ValueError(f"prediction shape {pred.shape} does not match label shape {label.shape}.")
     out: dict[str, float] = {}
+    far_total = predicted_total = 0
     for lbl in labels:
         out[f"dice_{lbl.name}"] = dice_score(pred == lbl.code, label == lbl.code, empty_dice)
         out[f"hd95_{lbl.name}"] = hd95_mm(pred == lbl.code, label == lbl.code, spacing)
+        far, predicted = far_voxels(pred == lbl.code, label == lbl.code, spacing)
+        out[f"far_{lbl.name}"] = far / predicted if predicted else 0.0
+        far_total, predicted_total = far_total + far, predicted_total + predicted
     dices = [out[f"dice_{lbl.name}"] for lbl in labels]
     hds = [out[f"hd95_{lbl.name}"] for lbl in labels if not math.isnan(out[f"hd95_{lbl.name}"])]
     out["dice_mean"] = float(np.nanmean(dices)) if not all(math.isnan(d) for d in dices) else float("nan")
     out["hd95_mean"] = float(np.mean(hds)) if hds else float("nan")
+    out["far_all"] = far_total / predicted_total if predicted_total else 0.0
     return out
 
 

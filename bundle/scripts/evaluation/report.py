@@ -1,9 +1,10 @@
 """Evaluation outputs: the per-volume CSV, markdown tables shaped like the paper's, box plots, multi-seed summaries.
 
 Rows are dicts, one per volume and output, as :class:`scripts.evaluation.test_sets.VolumeMetricsCollector` makes
-them: ``test_set``, ``output`` (``ftn_stn`` = STN(FTN(x)), the paper's prediction; ``ftn`` = FTN alone), the entry's
-fields (``subject``, ``frame``, ``vendor`` ...) and the metrics of :data:`scripts.evaluation.metrics.METRIC_KEYS`
-(``dice_lv`` ... ``hd95_mean``, HD95 in mm).
+them: ``test_set``, ``output`` (``ftn_stn`` = STN(FTN(x)), the paper's prediction; ``ftn`` = FTN alone;
+``ftn_stn_post`` = FTN + STN with the label clean-up), the entry's fields (``subject``, ``frame``, ``vendor`` ...) and
+the metrics of :data:`scripts.evaluation.metrics.METRIC_KEYS` (``dice_lv`` ... ``far_all``, HD95 in mm, far false
+positives as fractions of the predicted voxels).
 A test set's score is the mean over its volumes; an average over test sets is the mean of the set scores, as the
 paper's AVG columns are.
 """
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 CLASS_LIST = ", ".join(lbl.abbreviation for lbl in LABELS)
-OUTPUT_LABELS = {"ftn_stn": "FTN+STN", "ftn": "FTN"}
+OUTPUT_LABELS = {"ftn": "FTN", "ftn_stn": "FTN+STN", "ftn_stn_post": "FTN+STN+post"}
 LEADING_COLUMNS = ("model", "method", "seed", "test_set", "subject", "frame", "output")
 
 
@@ -115,19 +116,44 @@ def paper_table(
     return "\n".join(lines)
 
 
+def _metric_cell(values: Sequence[float], metric: str, spread: bool = True) -> str:
+    """Mean (± sd) of a metric over volumes: Dice to 3 digits, HD95 in mm to 1, far false positives in %."""
+    arr = np.array([float(v) for v in values], dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if not arr.size:
+        return "n/a"
+    scale, digits, unit = (100.0, 1, " %") if metric.startswith("far") else (1.0, 3 if metric.startswith("dice") else 1, "")
+    return fmt(float(arr.mean()) * scale, float(arr.std()) * scale if spread else None, digits) + unit
+
+
 def class_table(rows: Sequence[Mapping[str, Any]], test_sets: Sequence[str], output: str = "ftn_stn") -> str:
-    """Per test set: Dice and HD95 (mm) per class, mean ± standard deviation over volumes, for one output."""
+    """Per test set: Dice, HD95 (mm) and far false positives (%) per class, mean ± standard deviation over volumes,
+    for one output."""
     header = ["Test set", "volumes"] + [f"Dice {lbl.abbreviation}" for lbl in LABELS] + ["Dice mean"]
     header += [f"HD95 {lbl.abbreviation}" for lbl in LABELS] + ["HD95 mean"]
+    header += [f"far {lbl.abbreviation}" for lbl in LABELS] + ["far all"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in test_sets:
         subset = [r for r in rows if r["test_set"] == name and r["output"] == output]
         cells = [name, str(len(subset))]
-        for metric in METRIC_KEYS:
-            values = np.array([float(r[metric]) for r in subset], dtype=float)
-            values = values[~np.isnan(values)]
-            digits = 3 if metric.startswith("dice") else 1
-            cells.append(fmt(float(values.mean()), float(values.std()), digits) if values.size else "n/a")
+        cells += [_metric_cell([r[metric] for r in subset if metric in r], metric) for metric in METRIC_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def output_table(rows: Sequence[Mapping[str, Any]], test_sets: Sequence[str], outputs: Sequence[str]) -> str:
+    """Per test set, the outputs side by side: mean Dice, mean HD95 (mm) and far false positives (% of predicted
+    voxels, all structures) over volumes."""
+    header = ["Test set"]
+    for metric in ("Dice", "HD95", "far"):
+        header += [f"{metric} {OUTPUT_LABELS.get(o, o)}" for o in outputs]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in test_sets:
+        cells = [name]
+        for metric in ("dice_mean", "hd95_mean", "far_all"):
+            for output in outputs:
+                values = [r[metric] for r in rows if r["test_set"] == name and r["output"] == output and metric in r]
+                cells.append(_metric_cell(values, metric, spread=False))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -213,6 +239,7 @@ def write_evaluation_report(
     out_dir = Path(out_dir)
     written = [write_csv(rows, out_dir / "volumes.csv")]
     test_sets = list(test_sets)
+    outputs = [o for o in OUTPUT_LABELS if any(r["output"] == o for r in rows)]
     parts = [
         "# Evaluation",
         "",
@@ -222,10 +249,17 @@ def write_evaluation_report(
         "",
         paper_table(rows, test_sets),
         "",
+        "## Outputs side by side",
+        "",
+        "Mean over volumes of the mean Dice and HD95 (mm) over LV, MYO and RV, and of the far false positives (the "
+        "predicted voxels more than 20 mm from the same structure in the reference, % of all predicted voxels).",
+        "",
+        output_table(rows, test_sets, outputs),
+        "",
     ]
-    for output in ("ftn_stn", "ftn"):
+    for output in reversed(outputs):
         parts += [
-            f"## {OUTPUT_LABELS[output]}: per class (mean ± sd over volumes; HD95 in mm)",
+            f"## {OUTPUT_LABELS[output]}: per class (mean ± sd over volumes; HD95 in mm; far false positives in %)",
             "",
             class_table(rows, test_sets, output),
             "",
@@ -252,11 +286,11 @@ def write_evaluation_report(
             "per_set": set_means(rows, output=output),
             "average": _nanmean(set_means(rows, output=output).get(s, float("nan")) for s in test_sets),
         }
-        for output in ("ftn_stn", "ftn")
+        for output in outputs
     }
     summary["quality_flag"] = quality
     written.append(write_json_atomic(out_dir / "summary.json", summary))
-    groups = {"ftn": "FTN", "ftn_stn": "FTN+STN"}
+    groups = {o: OUTPUT_LABELS[o] for o in outputs}
     written.append(
         box_plot(
             rows,

@@ -1,14 +1,16 @@
-"""Test-set evaluation (docs/method.md section 6): per-volume, per-class Dice and HD95 for FTN and FTN + STN.
+"""Test-set evaluation (docs/method.md section 6): per-volume, per-class Dice, HD95 and far false positives of the
+FTN, FTN + STN and FTN + STN with the label clean-up.
 
-The unit is one 3D volume (patient x frame). Each volume goes through the bundle's validation preprocessing (volume
-normalisation, in-plane resampling, centre crop or pad to ``roi_size``; no per-slice renormalisation), is predicted
-slice by slice by the bundle's ``CooperativeEvaluator`` (one FTN pass gives FTN(x) and STN(FTN(x))), argmax, no
-post-processing. Metrics (:mod:`scripts.evaluation.metrics`) are computed on that grid, with the volume's voxel
-spacing (in-plane after resampling, the original slice spacing).
+The unit is one 3D volume (patient x frame). Each volume is segmented as the inference workflow segments it: the
+deployment's preprocessing (volume normalisation, in-plane resampling, whole slices), the deployment inferer (one
+FTN pass gives FTN(x) and STN(FTN(x))), and its label post-processing back to the input grid
+(:mod:`scripts.inference.deployment`, wired by ``train.json``'s ``validate`` section). Metrics
+(:mod:`scripts.evaluation.metrics`) are computed on the input grid against the label as stored, with the volume's
+own voxel spacing.
 
 ``evaluate.json`` wires :class:`TestSetEvaluation` to the training config; :mod:`scripts.evaluation.report` writes the
 CSV, the markdown tables and the box plots. For test sets whose entries pair an ED and an ES volume per ``subject``,
-:mod:`scripts.evaluation.agreement` compares the function indices of the prediction (FTN + STN) with the reference's.
+:mod:`scripts.evaluation.agreement` compares the function indices of the deployed prediction with the reference's.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# evaluator output key -> the name used in tables: FTN + STN (the paper's final prediction) and FTN alone
-OUTPUTS = {"pred": "ftn_stn", "pred_ftn": "ftn"}
+# validation output key -> the name used in tables: FTN alone, FTN + STN (the paper's final prediction) and FTN + STN
+# with every label clean-up switch on (largest connected component, hole filling)
+OUTPUTS = {"pred_ftn": "ftn", "pred_stn": "ftn_stn", "pred_post": "ftn_stn_post"}
 
 
 def _spacing(tensor: Any, spatial_dims: int) -> tuple[float, ...]:
@@ -80,11 +83,11 @@ class _PerVolumeHandler:
 
 
 class VolumeMetricsCollector(_PerVolumeHandler):
-    """Evaluator handler: one row per volume and output (FTN + STN, FTN) with per-class Dice and HD95 in mm, and the
-    volume's quality scores (FTN-STN disagreement, entropy).
+    """Evaluator handler: one row per volume and output (:data:`OUTPUTS`) with per-class Dice, HD95 in mm and far
+    false positives, and the volume's quality scores (FTN-STN disagreement, entropy).
 
-    Reads the decollated ``engine.state.output`` (one-hot ``pred``, ``pred_ftn`` and ``label``, ``K, H, W, D``) and
-    ``engine.state.batch`` (the datalist entry's own fields such as ``subject``, ``frame``, ``vendor``).
+    Reads the decollated ``engine.state.output`` (one-hot outputs and ``label``, ``K, H, W, D`` on the input grid)
+    and ``engine.state.batch`` (the datalist entry's own fields such as ``subject``, ``frame``, ``vendor``).
     """
 
     def __init__(self, test_set: str, empty_dice: float = 0.0) -> None:
@@ -110,8 +113,8 @@ class VolumeMetricsCollector(_PerVolumeHandler):
 
 
 class FunctionVolumeCollector(_PerVolumeHandler):
-    """Evaluator handler: per volume, the entry's fields and the structure volumes (ml) of the FTN + STN prediction
-    and of the label (one-hot ``pred`` and ``label`` ``K, H, W, D`` on the evaluation grid, the label's affine)."""
+    """Evaluator handler: per volume, the entry's fields and the structure volumes (ml) of the deployed prediction
+    and of the label (one-hot ``pred`` and ``label`` ``K, H, W, D`` on the input grid, the label's affine)."""
 
     def __init__(self) -> None:
         self.items: list[tuple[dict[str, Any], LabelVolumes, LabelVolumes]] = []
@@ -184,9 +187,10 @@ class TestSetEvaluation:
     Args:
         network: the bundle's ``network`` (``CoopSegNet``), on ``device``.
         test_sets: ``{name: entries}`` from :func:`resolve_test_sets`.
-        preprocessing: volume transform (the bundle's ``validate#preprocessing``).
-        inferer: the bundle's ``validate#inferer`` (``SliceInferer``).
-        postprocessing: the bundle's ``validate#postprocessing`` (softmax, argmax, one-hot of pred, pred_ftn, label).
+        preprocessing: volume transform (the bundle's ``validate#preprocessing``: the deployment's, and the label).
+        inferer: the bundle's ``validate#inferer`` (the deployment's ``CoopSegInferer``).
+        postprocessing: the bundle's ``validate#postprocessing`` (the deployment's label post-processing of every
+            output, then one-hot of the outputs and the label).
         output_dir: where ``volumes.csv``, ``results.md``, ``summary.json`` and the box plots go.
         ckpt_path: checkpoint to load first (None: use the network as it is).
         device: torch device.
@@ -287,14 +291,14 @@ class TestSetEvaluation:
         rows: list[dict[str, Any]] = []
         for name, entries in self.test_sets.items():
             set_rows = self.evaluate_set(name, entries)
-            ftn_stn = [r["dice_mean"] for r in set_rows if r["output"] == "ftn_stn"]
-            ftn = [r["dice_mean"] for r in set_rows if r["output"] == "ftn"]
+            means = {o: float(np.mean([r["dice_mean"] for r in set_rows if r["output"] == o])) for o in OUTPUTS.values()}
             logger.info(
-                "%s: %d volumes, mean Dice FTN+STN %.4f, FTN %.4f",
+                "%s: %d volumes, mean Dice FTN %.4f, FTN+STN %.4f, FTN+STN+post %.4f",
                 name,
-                len(ftn_stn),
-                float(np.mean(ftn_stn)),
-                float(np.mean(ftn)),
+                len(set_rows) // len(OUTPUTS),
+                means["ftn"],
+                means["ftn_stn"],
+                means["ftn_stn_post"],
             )
             rows += [{"model": self.model_name, **r} for r in set_rows]
         written = write_evaluation_report(rows, self.output_dir, list(self.test_sets))

@@ -25,7 +25,7 @@ from ..files import atomic_path
 from ..volumes import VolumeError
 from .inputs import is_dicom_series_dir, volume_stem
 
-__all__ = ["OUTPUT_FORMATS", "CheckOutputFormatd", "FrameArgmaxd", "SaveDicomSegd", "SaveVolumed"]
+__all__ = ["OUTPUT_FORMATS", "CheckOutputFormatd", "FrameArgmaxd", "PerFramed", "SaveDicomSegd", "SaveVolumed"]
 
 OUTPUT_FORMATS = ("nifti", "dicom_seg")
 """``nifti``: label volumes in ``output_ext`` (NIfTI by default); ``dicom_seg``: DICOM-SEG on DICOM series inputs."""
@@ -64,6 +64,42 @@ class FrameArgmaxd(MapTransform):
             label = torch.stack([raw[f * k : (f + 1) * k].max(dim=0).indices for f in range(channels // k)])
             label = label.to(device="cpu", dtype=self.dtype)
             d[key] = MetaTensor(label, meta=prob.meta) if isinstance(prob, MetaTensor) else label
+        return d
+
+
+class PerFramed(MapTransform):
+    """Apply a MONAI array transform to each frame of ``F, H, W, D`` label codes (and, with ``per_slice``, to each
+    slice ``1, H, W`` of each frame), meta kept.
+
+    MONAI's label clean-up transforms read a label map as one channel; here the channels are the frames of a cine.
+    ``per_slice`` makes an N-d operation 2D: hole filling in a short-axis slice, where a blood pool's hole is open
+    towards the next slice in 3D.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, transform: Transform, per_slice: bool = False, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = transform
+        self.per_slice = per_slice
+
+    def _run(self, array: torch.Tensor) -> torch.Tensor:
+        out = self.transform(array)
+        return out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)
+
+    def _apply(self, frame: torch.Tensor) -> torch.Tensor:
+        if not self.per_slice:
+            return self._run(frame)
+        return torch.stack([self._run(frame[..., s].clone()) for s in range(frame.shape[-1])], dim=-1)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            raw = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
+            frames = [self._apply(raw[f : f + 1].clone()).to(raw.dtype) for f in range(raw.shape[0])]
+            out = torch.cat(frames, dim=0)
+            d[key] = MetaTensor(out, meta=label.meta) if isinstance(label, MetaTensor) else out
         return d
 
 

@@ -22,13 +22,12 @@ from ..evaluation.function import FunctionCase, LabelVolumes, measure_volumes, w
 from ..labels import LABELS
 from .inferer import FTN_PROB
 from .inputs import volume_stem
-from .quality import QUALITY_KEYS, quality_scores
+from .quality import frame_quality_scores
 
 __all__ = [
     "CoopSegPredictor",
     "FunctionReport",
     "InferenceSummary",
-    "frame_quality_scores",
     "group_cases",
     "load_subject_info",
     "split_phase",
@@ -37,39 +36,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PHASES = ("ED", "ES")
-
-
-def _foreground_box(prob_ftn: torch.Tensor, prob_stn: torch.Tensor) -> tuple[slice, ...]:
-    """Spatial slices of the bounding box of the voxels that either ``1, K, ...`` prediction labels foreground
-    (argmax > 0, computed as max over the foreground channels > background, several times faster on the CPU); one
-    voxel when there is none."""
-    foreground = (prob_ftn[0, 1:].amax(0) > prob_ftn[0, 0]) | (prob_stn[0, 1:].amax(0) > prob_stn[0, 0])
-    box = []
-    for axis in range(foreground.ndim):
-        others = tuple(a for a in range(foreground.ndim) if a != axis)
-        found = torch.nonzero(foreground.to(torch.uint8).amax(dim=others) if others else foreground).flatten()
-        if found.numel() == 0:
-            return (slice(0, 1),) * foreground.ndim
-        box.append(slice(int(found[0]), int(found[-1]) + 1))
-    return tuple(box)
-
-
-def frame_quality_scores(prob_ftn: torch.Tensor, prob_stn: torch.Tensor, n_frames: int) -> dict[str, torch.Tensor]:
-    """``{"disagreement_score": B, F, "entropy_score": B, F}`` (:func:`scripts.inference.quality.quality_scores` of
-    each frame of each item) from FTN and FTN + STN class probabilities ``B, F * K, H, W, D``.
-
-    The scores are means over foreground voxels, so each frame is scored on the bounding box of its foreground: the
-    same values, computed on a fraction of the field of view."""
-    k = prob_ftn.shape[1] // n_frames
-    rows = []
-    for b in range(prob_ftn.shape[0]):
-        row = []
-        for f in range(n_frames):
-            ftn, stn = prob_ftn[b : b + 1, f * k : (f + 1) * k], prob_stn[b : b + 1, f * k : (f + 1) * k]
-            crop = (slice(None), slice(None), *_foreground_box(ftn, stn))
-            row.append(quality_scores(ftn[crop], stn[crop]))
-        rows.append(row)
-    return {key: torch.tensor([[s[key] for s in row] for row in rows], dtype=torch.float64) for key in QUALITY_KEYS}
 
 
 class CoopSegPredictor(SupervisedEvaluator):

@@ -139,8 +139,8 @@ class CoopSegInferTask(BundleInferTask):
         inputs = (inputs if torch.is_tensor(inputs) else torch.from_numpy(inputs))[None].to(torch.device(device))
         with torch.no_grad():
             outputs = inferer.predict(inputs, network, maps=(ftn_prob,))
-        predictor = bundle_module(Path(self.bundle_path), "inference.predictor")
-        scores = predictor.frame_quality_scores(outputs.pop(ftn_prob), outputs["pred"], inputs.shape[1])
+        quality = bundle_module(Path(self.bundle_path), "inference.quality")
+        scores = quality.frame_quality_scores(outputs.pop(ftn_prob), outputs["pred"], inputs.shape[1])
         data[SCORES_KEY] = {key: values[0].tolist() for key, values in scores.items()}
         data[self.output_label_key] = outputs["pred"][0]
         return data

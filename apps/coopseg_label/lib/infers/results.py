@@ -2,7 +2,7 @@
 
 All from what the inference produced (the label on the input grid and the per-frame FTN-STN disagreement of the same
 network pass), with the bundle's own code: ``scripts.evaluation.function`` for volumes and function indices,
-``scripts.inference.predictor.frame_quality_scores`` for the scores, and the bundle's ``quality_threshold``. The
+``scripts.inference.quality.frame_quality_scores`` for the scores, and the bundle's ``quality_threshold``. The
 values go into MONAI Label's result ``params`` (JSON), which a client such as 3D Slicer receives with the mask.
 """
 
