@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.inferers import SliceInferer
 
 from scripts.engine.evaluator import CooperativeEvaluator
 from scripts.engine.trainer import CooperativeTrainer, PairedSlicePrepareBatch, per_part_param_groups
@@ -97,8 +96,7 @@ def test_mixed_precision_validation_under_cpu_autocast() -> None:
     net = CoopSegNet(width=4).eval()
     volume = {"image": torch.rand(1, 1, 32, 32, 3), "label": torch.zeros(1, 1, 32, 32, 3)}
     evaluator = CooperativeEvaluator(
-        device="cpu", val_data_loader=[volume], network=net, inferer=SliceInferer(roi_size=(32, 32), spatial_dim=2),
-        amp=True,
+        device="cpu", val_data_loader=[volume], network=net, inferer=CoopSegInferer(fast=False), amp=True
     )  # fmt: skip
     seen: list[torch.dtype] = []
     net.shape_decoder.final_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,7 @@ from conftest import BUNDLE_ROOT
 from helpers import make_narrow_bundle_copy
 from scripts.data.datalist import DatasetError
 from scripts.data.phantom import write_phantom_dataset
-from scripts.evaluation.metrics import dice_score, hd95_mm, volume_metrics
+from scripts.evaluation.metrics import FAR_MM, dice_score, far_voxels, hd95_mm, volume_metrics
 from scripts.evaluation.report import paper_table, read_csv, seed_summary, seed_table, set_means
 from scripts.evaluation.test_sets import resolve_test_sets
 
@@ -115,6 +116,26 @@ def test_volume_metrics_per_class() -> None:
     np.testing.assert_equal(volume_metrics(one_hot(pred), torch.as_tensor(one_hot(label)), (1.5, 1.5, 10.0)), metrics)
     excluded = volume_metrics(pred, label, (1.5, 1.5, 10.0), empty_dice=float("nan"))
     assert math.isnan(excluded["dice_rv"]) and excluded["dice_mean"] == pytest.approx((1 + 8 / 14) / 2)
+
+
+def test_far_false_positives_count_blobs_far_from_the_structure_not_rough_borders() -> None:
+    spacing = (2.0, 2.0, 10.0)
+    label = np.zeros((60, 60, 3), np.int64)
+    label[20:30, 20:30, 1] = 2  # the myocardium of the reference
+    pred = label.copy()
+    pred[18:20, 20:30, 1] = 2  # a rough border: 20 voxels 2-4 mm outside, not far
+    pred[50:54, 50:54, 1] = 2  # a ring on a vessel: 16 voxels about 57 mm away
+    pred[20:24, 20:24, 2] = 2  # the next slice: 10 mm away, not far
+    far, predicted = far_voxels(pred == 2, label == 2, spacing)
+    assert (far, predicted) == (16, 100 + 20 + 16 + 16)
+    metrics = volume_metrics(pred, label, spacing)
+    assert metrics["far_myocardium"] == pytest.approx(16 / 152)
+    assert metrics["far_lv"] == 0.0 and metrics["far_all"] == pytest.approx(16 / 152)  # nothing predicted: none far
+    assert far_voxels(pred == 2, np.zeros_like(label, bool), spacing) == (152, 152)  # no reference: all far
+    for rows_away, far_expected in ((int(FAR_MM / 2), 0), (int(FAR_MM / 2) + 1, 10)):  # 20 mm: not far; 22 mm: far
+        line = np.zeros_like(label, bool)
+        line[29 + rows_away, 20:30, 1] = True
+        assert far_voxels(line, label == 2, spacing) == (far_expected, 10)
 
 
 # --- report -------------------------------------------------------------------------------------------------------
@@ -228,37 +249,40 @@ def test_evaluate_json_cli_end_to_end(tiny_bundle: dict, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-3000:]
     out = bundle / "eval"  # the default eval_dir lies inside the (temporary) bundle
     rows = read_csv(out / "volumes.csv")
-    assert len(rows) == (4 + 2) * 2  # volumes x (FTN, FTN+STN)
-    assert {(r["test_set"], r["output"]) for r in rows} == {(s, o) for s in test_sets for o in ("ftn", "ftn_stn")}
+    outputs = ("ftn", "ftn_stn", "ftn_stn_post")
+    assert len(rows) == (4 + 2) * len(outputs)  # volumes x outputs
+    assert {(r["test_set"], r["output"]) for r in rows} == {(s, o) for s in test_sets for o in outputs}
     assert {r["subject"] for r in rows if r["test_set"] == "phantom"} == {"phantom000", "phantom001"}
     for r in rows:
-        assert 0.0 <= r["dice_mean"] <= 1.0 and r["hd95_mean"] >= 0.0
-        assert r["spacing_mm"].startswith("5x5x")
+        assert 0.0 <= r["dice_mean"] <= 1.0 and r["hd95_mean"] >= 0.0 and 0.0 <= r["far_all"] <= 1.0
     md = (out / "results.md").read_text()
     assert "| Method | phantom | held-out | AVG (FTN) | AVG (FTN+STN) |" in md
-    assert "HD95 LV" in md
+    assert "HD95 LV" in md and "far MYO" in md and "Dice FTN+STN+post" in md
     for png in ("dice_boxplot.png", "hd95_boxplot.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["ftn_stn"]["per_set"]) == set(test_sets)
+    assert set(summary["ftn_stn"]["per_set"]) == set(test_sets) and set(summary) >= set(outputs)
 
-    # the CSV's Dice equals an independent prediction: preprocessing + network, slice by slice, argmax
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")])
-    parser.update({**TINY, "dataset_dir": str(data)})
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
-    net.eval()
+    # the CSV's metrics are those of the inference workflow's own output for that volume, on the input grid
     entry = json.loads((data / "datalist.json").read_text())["test"][0]
-    item = parser.get_parsed_content("validate#preprocessing")(
-        {"image": str(data / entry["image"]), "label": str(data / entry["label"])}
+    infer = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "inference.json"),
+        workflow_type="infer",
+        bundle_root=str(bundle),
+        dataset_dir=str(data),
+        images=[entry["image"]],
+        output_dir=str(tmp_path / "inferred"),
+        function_report=False,
+        pixdim=TINY["pixdim"],
+        width=TINY["width"],
     )
-    image = item["image"]  # 1, H, W, D
-    with torch.no_grad():
-        logits = net(image.permute(3, 0, 1, 2).float())  # slices as the batch: D, 1, H, W -> D, 4, H, W
-    pred = logits.argmax(1).permute(1, 2, 0).numpy()
-    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(item["label"].affine)[:3, :3], axis=0))
-    expected = volume_metrics(pred, item["label"][0].numpy(), spacing)
+    infer.initialize()
+    infer.run()
+    infer.finalize()
+    (written,) = (tmp_path / "inferred").glob("*_seg.nii.gz")
+    reference = nib.load(data / entry["label"])
+    spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
+    expected = volume_metrics(np.asarray(nib.load(written).dataobj), np.asarray(reference.dataobj), spacing)
     row = next(
         r
         for r in rows
@@ -267,7 +291,8 @@ def test_evaluate_json_cli_end_to_end(tiny_bundle: dict, tmp_path: Path) -> None
         and r["frame"] == entry["frame"]
         and r["output"] == "ftn_stn"
     )
-    for key in ("dice_lv", "dice_myocardium", "dice_rv", "hd95_lv"):
+    assert row["spacing_mm"] == "x".join(f"{s:.4g}" for s in spacing)  # the input grid, not the 5 mm network grid
+    for key in ("dice_lv", "dice_myocardium", "dice_rv", "hd95_lv", "far_all"):
         assert row[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-4), key
     assert {p: p.stat().st_mtime_ns for p in repo_models} == stamps, "the repository's bundle/models was written"
 
@@ -287,7 +312,7 @@ def test_evaluate_workflow_defaults_to_the_datalists_test_list(tiny_bundle: dict
     workflow.run()
     workflow.finalize()
     rows = read_csv(tmp_path / "eval" / "volumes.csv")
-    assert {r["test_set"] for r in rows} == {"test"} and {r["model"] for r in rows} == {"tiny"} and len(rows) == 8
+    assert {r["test_set"] for r in rows} == {"test"} and {r["model"] for r in rows} == {"tiny"} and len(rows) == 4 * 3
     with pytest.raises(RuntimeError) as failure:
         bad = ConfigWorkflow(
             config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")],

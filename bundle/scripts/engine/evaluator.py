@@ -22,7 +22,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from ..inference.inferer import FTN_PROB
 from ..inference.quality import QUALITY_KEYS, frame_quality_scores
-from .trainer import enabled_handlers, unwrap_network
+from .trainer import enabled_handlers, inner_network
 
 __all__ = ["PROBABILITY_KEYS", "CooperativeEvaluator", "DeploymentOutputsd"]
 
@@ -55,7 +55,7 @@ class CooperativeEvaluator(SupervisedEvaluator):
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
-        net = unwrap_network(engine.network)
+        net = inner_network(engine.network)  # the inferer needs segment() and refine_logits(), not the wrappers
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         autocast = torch.autocast(inputs.device.type, **engine.amp_kwargs) if engine.amp else nullcontext()
         with engine.mode(engine.network), autocast:

@@ -45,6 +45,7 @@ __all__ = [
     "STANDARD_TERMS",
     "HARD_TERMS",
     "CooperativeStep",
+    "inner_network",
     "unwrap_network",
     "CooperativeTrainer",
     "PairedSlicePrepareBatch",
@@ -161,10 +162,15 @@ class CooperativeStep(torch.nn.Module):
         raise ValueError(f"part must be 'standard' or 'hard', got {part!r}.")
 
 
+def inner_network(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``network``: itself, or unwrapped from DDP and/or :class:`CooperativeStep`."""
+    net = network.module if isinstance(network, DistributedDataParallel) else network
+    return net.network if isinstance(net, CooperativeStep) else net
+
+
 def unwrap_network(network: torch.nn.Module) -> CoopSegNet:
     """The :class:`CoopSegNet` inside ``network`` (itself, or wrapped in DDP and/or :class:`CooperativeStep`)."""
-    net = network.module if isinstance(network, DistributedDataParallel) else network
-    net = net.network if isinstance(net, CooperativeStep) else net
+    net = inner_network(network)
     if not isinstance(net, CoopSegNet):
         raise TypeError(f"network must be a CoopSegNet (or wrap one), got {type(network).__name__}.")
     return net

@@ -122,7 +122,10 @@ def _metric_cell(values: Sequence[float], metric: str, spread: bool = True) -> s
     arr = arr[~np.isnan(arr)]
     if not arr.size:
         return "n/a"
-    scale, digits, unit = (100.0, 1, " %") if metric.startswith("far") else (1.0, 3 if metric.startswith("dice") else 1, "")
+    if metric.startswith("far"):
+        scale, digits, unit = 100.0, 1, " %"
+    else:
+        scale, digits, unit = 1.0, 3 if metric.startswith("dice") else 1, ""
     return fmt(float(arr.mean()) * scale, float(arr.std()) * scale if spread else None, digits) + unit
 
 

@@ -291,7 +291,7 @@ class TestSetEvaluation:
         rows: list[dict[str, Any]] = []
         for name, entries in self.test_sets.items():
             set_rows = self.evaluate_set(name, entries)
-            means = {o: float(np.mean([r["dice_mean"] for r in set_rows if r["output"] == o])) for o in OUTPUTS.values()}
+            means = {o: np.mean([r["dice_mean"] for r in set_rows if r["output"] == o]) for o in OUTPUTS.values()}
             logger.info(
                 "%s: %d volumes, mean Dice FTN %.4f, FTN+STN %.4f, FTN+STN+post %.4f",
                 name,

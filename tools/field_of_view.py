@@ -1,0 +1,180 @@
+# Copyright (c) CoopSeg contributors.
+# Licensed under the Apache License, Version 2.0.
+"""The field-of-view study: which training window makes whole-slice deployment work, measured on the main job.
+
+Each variant is the README's main job (train.json's defaults on the synthetic phantom: 30 training, 5 validation
+subjects) with a few overrides, followed by the evaluation of its ``model.pt`` on the 20 source test subjects through
+the deployment path (whole slices, as the inference workflow and the app segment them). A finished variant writes
+``docs/results/field_of_view/<variant>.json`` (training cost, validation Dice per epoch, test metrics of FTN, FTN + STN
+and FTN + STN + clean-up); ``README.md`` there is rebuilt from those files. Started again, finished variants are
+skipped, so the study resumes on any machine. Checkpoints and logs stay in ``bundle/runs/field_of_view/`` (git-ignored).
+
+    nice -n 19 python -m tools.field_of_view                      # every variant
+    nice -n 19 python -m tools.field_of_view --variants whole_96  # some of them
+    python -m tools.field_of_view --report_only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE = REPO / "bundle"
+sys.path.insert(0, str(BUNDLE))
+
+from scripts.data.datalist import ensure_synthetic_dataset  # noqa: E402
+from scripts.files import write_json_atomic, write_text_atomic  # noqa: E402
+from scripts.inference.deployment import config_value  # noqa: E402
+from tools.machine import cpu_model  # noqa: E402
+from tools.robustness.experiment import evaluation_command, run_logged, training_command  # noqa: E402
+
+logger = logging.getLogger("field_of_view")
+
+RESULTS = REPO / "docs" / "results" / "field_of_view"
+RUNS = BUNDLE / "runs" / "field_of_view"
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "centre_96": {
+        "what": "the reference's window: slices padded to 112 px, augmented, centre crop of 96 px at 1.367 mm (131 mm)",
+        "overrides": {"sampling": "centre"},
+    },
+    "whole_96": {
+        "what": "96 px patches at 1.367 mm (131 mm) drawn over the whole slice, half centred on the heart",
+        "overrides": {"sampling": "whole_slice"},
+    },
+    "whole_2mm_64": {
+        "what": "64 px patches at 2 mm (128 mm) drawn over the whole slice, half centred on the heart",
+        "overrides": {"sampling": "whole_slice", "pixdim": [2.0, 2.0, -1], "crop_size": 64},
+    },
+    "whole_2mm_96": {
+        "what": "96 px patches at 2 mm (192 mm) drawn over the whole slice, half centred on the heart",
+        "overrides": {"sampling": "whole_slice", "pixdim": [2.0, 2.0, -1]},
+    },
+}
+
+_METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")
+
+
+def validation_curve(log_text: str) -> list[dict[str, float]]:
+    """Per validated epoch, the ``val_*`` metrics the training log printed."""
+    curve = []
+    for epoch, text in _METRICS.findall(log_text):
+        values = dict(re.findall(r"(val_\w+): ([0-9.]+)", text))
+        if values:
+            curve.append({"epoch": int(epoch), **{k: float(v) for k, v in values.items()}})
+    return curve
+
+
+def run_variant(name: str, spec: Mapping[str, Any], dataset: Path, epochs: int | None) -> dict[str, Any]:
+    """Train and evaluate one variant; return its result record."""
+    run = RUNS / name
+    overrides = dict(spec["overrides"])
+    train_log, eval_log = run / "train.log", run / "eval.log"
+    for log in (train_log, eval_log):
+        log.unlink(missing_ok=True)
+    epochs = epochs or int(config_value(BUNDLE / "configs" / "train.json", "epochs"))
+    cmd = training_command(BUNDLE, run, str(dataset), str(dataset / "datalist.json"), 0, epochs, overrides)
+    load_before = os.getloadavg()[0]
+    wall, cpu = run_logged(cmd, train_log, BUNDLE)
+    text = train_log.read_text(errors="replace")
+    iterations = sum(int(n) for n in re.findall(r"Iteration: \[(\d+)/\1\]", text)[-1:]) or None
+    eval_cmd = evaluation_command(BUNDLE, run / "models" / "model.pt", run / "eval",
+                                  {"source": f"{dataset / 'datalist.json'}#test"}, name,
+                                  {k: v for k, v in overrides.items() if k in ("pixdim",)})  # fmt: skip
+    run_logged(eval_cmd, eval_log, BUNDLE)
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    rows = _volume_rows(run / "eval" / "volumes.csv")
+    return {
+        "variant": name,
+        "what": spec["what"],
+        "overrides": overrides,
+        "machine": cpu_model(),
+        "load_average_at_start": round(load_before, 2),
+        "train_wall_s": round(wall, 1),
+        "train_cpu_s": round(cpu, 1),
+        "iterations_per_epoch": iterations,
+        "validation": validation_curve(text),
+        "test": {output: _output_means(rows, output) for output in ("ftn", "ftn_stn", "ftn_stn_post")},
+        "test_summary": {k: v for k, v in summary.items() if k != "quality_flag"},
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _volume_rows(path: Path) -> list[dict[str, Any]]:
+    from scripts.evaluation.report import read_csv
+
+    return read_csv(path)
+
+
+def _output_means(rows: Sequence[Mapping[str, Any]], output: str) -> dict[str, float]:
+    import numpy as np
+
+    keys = [k for k in rows[0] if k.startswith(("dice_", "hd95_", "far_"))]
+    subset = [r for r in rows if r["output"] == output]
+    return {k: round(float(np.nanmean([float(r[k]) for r in subset])), 4) for k in keys} | {"volumes": len(subset)}
+
+
+def write_report(records: Sequence[Mapping[str, Any]]) -> Path:
+    """``README.md``: one row per variant and output."""
+    lines = [
+        "# Field of view: which training window makes whole-slice deployment work",
+        "",
+        "Each variant is the main job (train.json's defaults, 3 epochs on the synthetic phantom) with the overrides "
+        "shown; its `model.pt` is evaluated on the 20 source test subjects (40 volumes) through the deployment path: "
+        "whole slices, the inference workflow's preprocessing, inferer and label post-processing, metrics on the "
+        "input grid. Rebuilt by `python -m tools.field_of_view --report_only` from the JSON files beside it.",
+        "",
+        "| variant | window | overrides | CPU s / iteration | best validation Dice | output | test Dice | HD95 (mm) | "
+        "far false positives |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for rec in records:
+        iterations = (rec.get("iterations_per_epoch") or 0) * max(1, len(rec["validation"]))
+        per_iter = f"{rec['train_cpu_s'] / iterations:.2f}" if iterations else "n/a"
+        best = max((v.get("val_mean_dice", float("nan")) for v in rec["validation"]), default=float("nan"))
+        for i, output in enumerate(("ftn", "ftn_stn", "ftn_stn_post")):
+            t = rec["test"][output]
+            head = ["", "", "", "", ""]
+            if i == 0:
+                head = [rec["variant"], rec["what"], f"`{json.dumps(rec['overrides'])}`", per_iter, f"{best:.3f}"]
+            lines.append("| " + " | ".join(head + [output, f"{t['dice_mean']:.3f}", f"{t['hd95_mean']:.1f}",
+                                                  f"{100 * t['far_all']:.1f} %"]) + " |")  # fmt: skip
+    lines += ["", f"Machine: {', '.join(sorted({r['machine'] for r in records}))}; CPU seconds are the training "
+              "process's own (user + system), so other load on the machine does not inflate them."]  # fmt: skip
+    return write_text_atomic(RESULTS / "README.md", "\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=None, help="override train.json's epochs for every variant")
+    parser.add_argument("--report_only", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        dataset = ensure_synthetic_dataset(split=config_value(BUNDLE / "configs" / "train.json", "synthetic_split"))
+        for name in args.variants:
+            path = RESULTS / f"{name}.json"
+            if path.is_file():
+                logger.info("%s: done (%s)", name, path)
+                continue
+            logger.info("%s: training and evaluating ...", name)
+            write_json_atomic(path, run_variant(name, VARIANTS[name], dataset, args.epochs))
+    records = [json.loads((RESULTS / f"{n}.json").read_text()) for n in VARIANTS if (RESULTS / f"{n}.json").is_file()]
+    if records:
+        logger.info("report: %s", write_report(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
