@@ -59,6 +59,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "what": "96 px patches at 2 mm (192 mm) drawn over the whole slice, half centred on the heart",
         "overrides": {"sampling": "whole_slice", "pixdim": [2.0, 2.0, -1]},
     },
+    "whole_2mm_64_8ep": {
+        "what": "as whole_2mm_64, 8 epochs (about the main job's wall time at 96 px and 3 epochs)",
+        "overrides": {"sampling": "whole_slice", "pixdim": [2.0, 2.0, -1], "crop_size": 64},
+        "epochs": 8,
+    },
+    "whole_96_6ep": {
+        "what": "as whole_96, 6 epochs (the learning curve of the chosen window)",
+        "overrides": {"sampling": "whole_slice"},
+        "epochs": 6,
+    },
+    "whole_96_12ep": {
+        "what": "as whole_96, 12 epochs (the learning curve of the chosen window)",
+        "overrides": {"sampling": "whole_slice"},
+        "epochs": 12,
+    },
+    "whole_96_pos67": {
+        "what": "as whole_96, two thirds of the patches centred on the heart",
+        "overrides": {"sampling": "whole_slice", "positive_fraction": 0.67},
+    },
 }
 
 _METRICS = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")
@@ -74,6 +93,12 @@ def validation_curve(log_text: str) -> list[dict[str, float]]:
     return curve
 
 
+def iterations_per_epoch(log_text: str) -> int | None:
+    """Iterations per epoch, from the training progress bar (``Epoch [1/3]: [89/89]``)."""
+    done = re.findall(r"\]: \[(\d+)/\1\]", log_text)
+    return int(done[-1]) if done else None
+
+
 def run_variant(name: str, spec: Mapping[str, Any], dataset: Path, epochs: int | None) -> dict[str, Any]:
     """Train and evaluate one variant; return its result record."""
     run = RUNS / name
@@ -81,12 +106,12 @@ def run_variant(name: str, spec: Mapping[str, Any], dataset: Path, epochs: int |
     train_log, eval_log = run / "train.log", run / "eval.log"
     for log in (train_log, eval_log):
         log.unlink(missing_ok=True)
-    epochs = epochs or int(config_value(BUNDLE / "configs" / "train.json", "epochs"))
+    epochs = spec.get("epochs") or epochs or int(config_value(BUNDLE / "configs" / "train.json", "epochs"))
     cmd = training_command(BUNDLE, run, str(dataset), str(dataset / "datalist.json"), 0, epochs, overrides)
     load_before = os.getloadavg()[0]
     wall, cpu = run_logged(cmd, train_log, BUNDLE)
     text = train_log.read_text(errors="replace")
-    iterations = sum(int(n) for n in re.findall(r"Iteration: \[(\d+)/\1\]", text)[-1:]) or None
+    iterations = iterations_per_epoch(text)
     eval_cmd = evaluation_command(BUNDLE, run / "models" / "model.pt", run / "eval",
                                   {"source": f"{dataset / 'datalist.json'}#test"}, name,
                                   {k: v for k, v in overrides.items() if k in ("pixdim",)})  # fmt: skip
@@ -101,6 +126,7 @@ def run_variant(name: str, spec: Mapping[str, Any], dataset: Path, epochs: int |
         "load_average_at_start": round(load_before, 2),
         "train_wall_s": round(wall, 1),
         "train_cpu_s": round(cpu, 1),
+        "epochs": epochs,
         "iterations_per_epoch": iterations,
         "validation": validation_curve(text),
         "test": {output: _output_means(rows, output) for output in ("ftn", "ftn_stn", "ftn_stn_post")},
