@@ -134,6 +134,14 @@ def probe(client: DICOMwebClientX, pacs: PacsSettings) -> int:
     return len(found)
 
 
+def share_with_proxy(pacs: PacsSettings) -> None:
+    """Give MONAI Label's DICOMweb proxy (``/proxy/dicom/...``, through which OHIF reads the PACS) the datastore's
+    credentials: it reads only the deprecated ``MONAI_LABEL_DICOMWEB_USERNAME`` / ``_PASSWORD`` settings, at each
+    request, so the proxy authenticates as the datastore does whichever variables the user set."""
+    settings.MONAI_LABEL_DICOMWEB_USERNAME = pacs.username
+    settings.MONAI_LABEL_DICOMWEB_PASSWORD = pacs.password
+
+
 def connect(pacs: PacsSettings) -> DICOMwebClientX:
     """A DICOMweb client of ``pacs`` (MONAI Label's ``DICOMwebClientX``) that has answered one search."""
     session = _TimeoutSession((CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
