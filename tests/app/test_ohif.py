@@ -146,6 +146,9 @@ def test_study_list_shows_the_pacs_studies(site: dict, series: dict) -> None:
         stored = len(site["pacs"].get("/studies").json())
         studies = series["studies"]
         assert rows == {studies["cine"]: "16", studies["stack"]: "4"} and stored == 2, rows  # with their instances
+        # a study opens in OHIF's MONAI Label mode from its row
+        page.click(f"document.querySelector('tr[data-cy=\"studyRow-{studies['cine']}\"]')", "the cine's study row")
+        page.wait_text("MONAI Label", 30, "the MONAI Label mode's button for the study")
 
 
 @pytest.mark.slow
