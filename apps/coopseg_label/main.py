@@ -14,7 +14,10 @@ Options (``--conf key value``): ``bundle_path`` (default ``$COOPSEG_BUNDLE`` or 
 ``model_dir`` (where the app keeps its working bundle and retrained weights; default ``$COOPSEG_MODEL_DIR`` or
 ``<app>/model``, git-ignored), ``preload`` (``true`` loads the networks at start), ``skip_trainers``,
 ``skip_strategies`` and ``skip_scoring`` (``true`` for an inference-only deployment), ``lease_minutes`` (how long
-the ``disagreement`` strategy keeps an image it handed out from being handed out again; default 60).
+the ``disagreement`` strategy keeps an image it handed out from being handed out again; default 60),
+``scoring_retrievals`` (how many series not yet retrieved from a PACS one background scoring pass may retrieve;
+default 2) and ``scoring_retrieve_at_start`` (``true`` lets the pass at start retrieve too; by default it scores only
+the series already in the cache).
 
 Everything runs through the bundle: ``configs/inference.json`` for inference (``lib/infers``),
 ``configs/train.json`` and ``scripts.engine.trainer.CooperativeTrainer`` for training (``lib/trainers``),
@@ -23,6 +26,7 @@ Everything runs through the bundle: ``configs/inference.json`` for inference (``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -52,6 +56,7 @@ from monailabel.tasks.activelearning.random import Random
 logger = logging.getLogger(__name__)
 
 MODELS = {"coopseg": True, "coopseg_fast": False}  # name -> STN refinement
+DEFAULT_SCORING_RETRIEVALS = 2  # series a background scoring pass may retrieve from a PACS
 
 
 def _flag(conf: dict[str, str], key: str) -> bool:
@@ -121,7 +126,27 @@ class CoopSegApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         if _flag(self.conf, "skip_scoring") or _flag(self.conf, "skip_strategies"):
             return {}
-        return {"disagreement": DisagreementScoring(lambda: self._infer_tasks().get("coopseg"))}
+        retrievals = int(self.conf.get("scoring_retrievals", DEFAULT_SCORING_RETRIEVALS))
+        studies = hashlib.sha256(str(self.studies).encode()).hexdigest()[:16]
+        memory = self.workspace.path.parent / "scoring" / f"failed_{studies}.json"  # one per datastore
+        return {
+            "disagreement": DisagreementScoring(lambda: self._infer_tasks().get("coopseg"), retrievals, memory)
+        }
+
+    def on_init_complete(self) -> None:
+        """MONAI Label's start-up (including a background scoring pass), which retrieves nothing from a PACS unless
+        ``--conf scoring_retrieve_at_start true``: it scores the series already in the cache."""
+        self._starting = True
+        try:
+            super().on_init_complete()
+        finally:
+            self._starting = False
+
+    def async_scoring(self, method: str | None, params: dict[str, Any] | None = None) -> Any:
+        if getattr(self, "_starting", False) and not _flag(self.conf, "scoring_retrieve_at_start"):
+            methods = [method] if method else list(self._scoring_methods)
+            params = {m: {**((params or {}).get(m) or {}), "retrievals": 0} for m in methods}
+        return super().async_scoring(method, params)
 
     def _infer_tasks(self) -> dict[str, InferTask]:
         """The infer tasks, created once weights exist (e.g. after training from scratch) without a restart."""

@@ -59,6 +59,11 @@ class CoopSegDatastore(LocalDatastore):
         check_image_file(self.bundle, image_filename, name)
         return super().add_image(image_id, image_filename, image_info)
 
+    def image_version(self, image_id: str) -> str:
+        """What changes when the image file changes: its size and modification time."""
+        stat = os.stat(self.get_image_uri(image_id))
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         if image_id not in self._datastore.objects:
             raise http_error(404, f"image '{image_id}' is not in the datastore; upload it before its label.")

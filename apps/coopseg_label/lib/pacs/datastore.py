@@ -10,7 +10,9 @@ What changes from MONAI Label's own DICOMweb datastore:
 * the worklist (``GET /datastore/``) lists every series the search filter finds, cached or not, with its QIDO
   attributes; lists are re-read after at most ``list_ttl_s`` seconds and after every stored label, and a SEG series'
   reference is looked up once;
-* images cannot be uploaded through the server (they belong in the PACS).
+* images cannot be uploaded through the server (they belong in the PACS);
+* a series is retrieved only when it is used (an inference, a label, or a scoring pass within its retrieval limit,
+  :mod:`lib.scoring.disagreement`); :meth:`PacsDatastore.is_retrieved` says whether that is already done.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ def _value(item: dict[str, Any], keyword: str) -> Any:
     values = element.get("Value") or [None]
     value = values[0]
     return value.get("Alphabetic") if isinstance(value, dict) else value
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for f in folder.iterdir() if f.is_file())
 
 
 class _Timed:
@@ -140,9 +146,10 @@ class PacsDatastore(DICOMWebDatastore):
         return str(_value(found[0], "StudyInstanceUID"))
 
     def _download(self, image_id: str) -> Path:
-        """The series' instances in the cache (``<cache>/<series uid>/``), retrieved (WADO-RS) if not there yet."""
+        """The series' instances in the cache (``<cache>/<series uid>/``), retrieved (WADO-RS) if not there yet or if
+        the PACS now holds another number of instances."""
         target = self._series_dir(image_id)
-        if target.is_dir() and any(target.iterdir()):
+        if target.is_dir() and any(target.iterdir()) and self._instances_in_pacs(image_id) in (None, _count(target)):
             return target
         study = self._study_of(image_id)
         partial = temporary_folder(target.parent, "download")
@@ -153,6 +160,25 @@ class PacsDatastore(DICOMWebDatastore):
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return target
+
+    def is_retrieved(self, image_id: str) -> bool:
+        """Whether the series is in the cache (converted, or its instances retrieved): using it costs the PACS
+        nothing."""
+        nifti = Path(self._datastore.image_path()) / f"{image_id}.nii.gz"
+        folder = self._series_dir(image_id)
+        return nifti.is_file() or (folder.is_dir() and any(folder.iterdir()))
+
+    def _instances_in_pacs(self, image_id: str) -> int | None:
+        """The series' number of instances in the worklist search (None: not listed or not said)."""
+        for series in self._series_list.get():
+            if str(_value(series, "SeriesInstanceUID")) == image_id:
+                count = _value(series, "NumberOfSeriesRelatedInstances")
+                return int(count) if count is not None else None
+        return None
+
+    def image_version(self, image_id: str) -> str:
+        """What changes when the series changes in the PACS: its number of instances (from the worklist search)."""
+        return f"instances={self._instances_in_pacs(image_id)}"
 
     def get_image_uri(self, image_id: str) -> str:
         """The NIfTI of a series (4D for a cine), retrieved and converted by the bundle on first use."""
