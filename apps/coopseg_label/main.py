@@ -36,7 +36,7 @@ from typing import Any
 from lib.activelearning import Disagreement
 from lib.bundle_code import bundle_module
 from lib.datastore import CoopSegDatastore, check_image_file
-from lib.errors import http_error
+from lib.errors import http_error, sentence, without_paths
 from lib.infers import CoopSegInferTask
 from lib.pacs import PacsConnectionError, PacsDatastore, is_url, open_pacs
 from lib.scoring import DisagreementScoring
@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 MODELS = {"coopseg": True, "coopseg_fast": False}  # name -> STN refinement
 DEFAULT_SCORING_RETRIEVALS = 2  # series a background scoring pass may retrieve from a PACS
+NO_WEIGHTS = (
+    "NO TRAINED WEIGHTS YET: no models/model.pt or models/model.ts in the served bundle; run the main job or download "
+    "the pretrained bundle (GET /info/)."
+)
 
 
 def _flag(conf: dict[str, str], key: str) -> bool:
@@ -167,9 +171,9 @@ class CoopSegApp(MONAILabelApp):
         model = request.get("model")
         tasks = self._infer_tasks()
         if model not in MODELS:
-            raise http_error(404, f"unknown model '{model}'; available: {', '.join(MODELS)}.")
+            raise http_error(404, sentence(f"unknown model '{model}'", fix=f"available: {', '.join(MODELS)}"))
         if model not in tasks:
-            raise http_error(503, self.workspace.status()["message"])
+            raise http_error(503, NO_WEIGHTS, self.workspace.status()["message"])
         image = request.get("image")
         if isinstance(image, str):
             datastore = datastore or self.datastore()
@@ -182,10 +186,16 @@ class CoopSegApp(MONAILabelApp):
             elif image in datastore.list_images():
                 check_image_file(self.workspace.path, datastore.get_image_uri(image), f"image '{image}'")
             else:
-                raise http_error(404, f"image '{image}' is not in the datastore (GET /datastore/?output=all lists it).")
+                raise http_error(
+                    404, sentence(f"no image '{image}' in the datastore", fix="GET /datastore/?output=all lists them")
+                )
         try:
             return super().infer(request, datastore)
         except Exception as e:
             if hasattr(e, "status_code"):
                 raise
-            raise http_error(500, f"inference of {model} on {image!r} failed: {type(e).__name__}: {e}") from e
+            name = request.get("image_id") or "the image"
+            cause = without_paths(" ".join(str(e).split()))[:100]
+            raise http_error(
+                500, sentence(f"{type(e).__name__} in {model} ({cause})", f"on {name}"), f"{image}: {e}"
+            ) from e

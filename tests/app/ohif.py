@@ -43,7 +43,9 @@ class OhifPage:
         """Open ``/ohif/<path>`` and wait until the JavaScript condition ``ready`` holds; hide the start banner."""
         self.browser.navigate(f"{self.server.url}/ohif/{path}")
         self.browser.wait_for(f"document.readyState === 'complete' && ({ready})", timeout, f"OHIF page {path}")
-        self.click_if_present("[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Confirm and Hide')")
+        self.click_if_present(
+            "[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Confirm and Hide')"
+        )
 
     def centre(self, element: str) -> tuple[float, float] | None:
         """The centre of the visible element the JavaScript expression ``element`` finds (None: not there)."""
@@ -70,7 +72,9 @@ class OhifPage:
 
     def type_into(self, element_id: str, text: str) -> None:
         """Replace the text of the input ``element_id`` as typing does (the field keeps focus until the next click)."""
-        self.browser.evaluate(f"(() => {{ const e = document.getElementById({_js(element_id)}); e.focus(); e.select(); }})()")
+        self.browser.evaluate(
+            f"(() => {{ const e = document.getElementById({_js(element_id)}); e.focus(); e.select(); }})()"
+        )
         self.browser.send("Input.insertText", text=text)
 
     def text(self) -> str:
@@ -126,7 +130,9 @@ class OhifPage:
             f"the result of running {model}",
         )
         if "Failed to Run Segmentation" in self.text():
-            raise AssertionError(f"OHIF says: Failed to Run Segmentation ({model}); server log:\n{self.server.log_tail()}")
+            raise AssertionError(
+                f"OHIF says: Failed to Run Segmentation ({model}); server log:\n{self.server.log_tail()}"
+            )
 
 
 # pixels ---------------------------------------------------------------------------------------------------------------

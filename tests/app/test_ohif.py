@@ -94,7 +94,9 @@ LABELMAP_SLICES = """((segmentationId) => {
 def slice_of(folder: Path) -> dict[tuple[float, ...], int]:
     """Slice index of each ImagePositionPatient of a series (rounded to 0.01 mm)."""
     grid = read_series_grid(folder)
-    return {tuple(np.round([float(v) for v in row[0].ImagePositionPatient], 2)): k for k, row in enumerate(grid.headers)}
+    return {
+        tuple(np.round([float(v) for v in row[0].ImagePositionPatient], 2)): k for k, row in enumerate(grid.headers)
+    }
 
 
 def check_labelmap(slices: list[dict] | None, folder: Path, expected: np.ndarray) -> None:

@@ -95,7 +95,9 @@ class Chromium:
             if port_file.is_file() and port_file.read_text().strip():
                 self.devtools = f"http://127.0.0.1:{port_file.read_text().split()[0]}"
                 try:
-                    pages = [t for t in httpx.get(f"{self.devtools}/json/list", timeout=5).json() if t["type"] == "page"]
+                    pages = [
+                        t for t in httpx.get(f"{self.devtools}/json/list", timeout=5).json() if t["type"] == "page"
+                    ]
                 except httpx.HTTPError:
                     pages = []
                 if pages:

@@ -23,7 +23,7 @@ from monailabel.utils.others.class_utils import unload_module
 from monailabel.utils.others.generic import name_to_device
 
 from ..bundle_code import bundle_module
-from ..errors import http_error
+from ..errors import http_error, sentence, without_paths
 from ..nifti import NRRD_SUFFIXES, save_nifti, save_nrrd
 from .results import result_params
 
@@ -88,7 +88,9 @@ class CoopSegInferTask(BundleInferTask):
     def _get_network(self, device: str, data: Any) -> torch.nn.Module:
         live = self.live_weights()
         if live is None:
-            raise http_error(503, f"no trained weights in {Path(self.bundle_path) / 'models'}; see GET /info/.")
+            raise http_error(
+                503, sentence("no trained weights in the served bundle", fix="see GET /info/"), str(self.bundle_path)
+            )
         if live.suffix == ".pt":
             if self._network_def is None:
                 self._network_def = self._instantiate_network_def()
@@ -103,11 +105,14 @@ class CoopSegInferTask(BundleInferTask):
         try:
             return super()._get_network(device, None)
         except RuntimeError as e:  # load_state_dict (strict) or torch.jit.load
-            first = " ".join(str(e).split())[:300] or type(e).__name__
+            first = without_paths(" ".join(str(e).split()))[:90] or type(e).__name__
             raise http_error(
                 503,
-                f"{live} cannot be loaded into the bundle's network_def (weights of another network version or "
-                f"width?): {first}. Retrain (main job) or replace the bundle's models/ file; see GET /info/.",
+                sentence(
+                    f"weights {live.name} do not fit the bundle's network ({first})",
+                    fix="retrain or replace the bundle's models/ file",
+                ),
+                f"{live}: {e}",
             ) from e
 
     def uncertainty_scores(self, image_path: str, device: str | None = None) -> dict[str, float]:

@@ -37,7 +37,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from ..errors import http_error
+from ..errors import http_error, sentence
 from .connection import PacsSettings
 from .series import label_to_dicom_seg, series_to_nifti, temporary_folder
 
@@ -142,7 +142,10 @@ class PacsDatastore(DICOMWebDatastore):
     def _study_of(self, image_id: str) -> str:
         found = self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id})
         if not found:
-            raise http_error(404, f"series '{image_id}' is not in the PACS {self.pacs.url}.")
+            raise http_error(
+                404,
+                sentence(f"no series {image_id} in the PACS {self.pacs.url}", fix="GET /datastore/ lists the worklist"),
+            )
         return str(_value(found[0], "StudyInstanceUID"))
 
     def _download(self, image_id: str) -> Path:
@@ -199,8 +202,10 @@ class PacsDatastore(DICOMWebDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         raise http_error(
             405,
-            f"the datastore is the PACS {self.pacs.url}: send images to the PACS (DICOM C-STORE or STOW-RS); this "
-            "server does not upload them.",
+            sentence(
+                f"uploads are refused: the datastore is the PACS {self.pacs.url}",
+                fix="send images to the PACS (DICOM C-STORE or STOW-RS)",
+            ),
         )
 
     # labels ----------------------------------------------------------------------------------------------------
@@ -216,15 +221,21 @@ class PacsDatastore(DICOMWebDatastore):
             response = self._client.store_instances(datasets)
         except requests.exceptions.RequestException as e:
             status = getattr(getattr(e, "response", None), "status_code", None)
+            cause = f"HTTP {status}" if status else type(e).__name__
             raise http_error(
-                502, f"the PACS {self.pacs.url} did not store the DICOM-SEG of series {image_id}: {status or e}."
+                502,
+                sentence(f"the PACS {self.pacs.url} did not store the DICOM-SEG of series {image_id} ({cause})"),
+                str(e),
             ) from e
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
             raise http_error(
-                502, f"the PACS {self.pacs.url} refused {len(failed)} of {len(datasets)} DICOM-SEG instance(s) of "
-                f"series {image_id}.",
-            )  # fmt: skip
+                502,
+                sentence(
+                    f"the PACS {self.pacs.url} refused {len(failed)} of {len(datasets)} DICOM-SEG instance(s) of "
+                    f"series {image_id}"
+                ),
+            )
         return str(datasets[0].SeriesInstanceUID)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
