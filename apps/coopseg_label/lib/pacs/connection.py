@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +137,9 @@ def probe(client: DICOMwebClientX, pacs: PacsSettings) -> int:
         ) from e
     except requests.exceptions.ConnectionError as e:
         cause = e.args[0] if e.args else e
-        reason = str(getattr(cause, "reason", cause)).split(">: ")[-1][:80]
+        text = str(getattr(cause, "reason", cause))
+        errno = re.search(r"\[Errno -?\d+\][^,)'\"]*", text)  # "[Errno 111] Connection refused"
+        reason = (errno.group(0) if errno else text.split(": ")[-1]).strip()[:60]
         raise PacsConnectionError(
             sentence(
                 f"cannot reach the DICOMweb server {pacs.url} ({reason})",
