@@ -1,4 +1,4 @@
-"""Headless Chromium for browser tests, driven over its DevTools protocol, stopped by its PID.
+"""Headless Chromium for browser tests, driven over its DevTools protocol, stopped by its process group's ID.
 
 Chromium (Debian's ``chromium``; CI installs it) runs as a subprocess in a fresh profile folder with everything that
 would reach the network switched off, DevTools on 127.0.0.1 (the port Chromium picks, read from the profile's
@@ -12,7 +12,9 @@ import base64
 import itertools
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -70,6 +72,7 @@ class Chromium:
         self._ws: websocket.WebSocket | None = None
         self._ids = itertools.count(1)
         self._log = None
+        self._group_ended = False
         self.console: list[str] = []  # the page's console messages and uncaught exceptions, oldest first
 
     def start(self, timeout: float = 60.0) -> Chromium:
@@ -86,7 +89,10 @@ class Chromium:
             "about:blank",
         ]
         self._log = open(self.root / "chromium.log", "w")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(self.root))
+        # its own process group, so that stop() also ends the renderer and GPU processes it starts
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(self.root), process_group=0
+        )
         port_file = profile / "DevToolsActivePort"
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -128,12 +134,18 @@ class Chromium:
                 pass
             self._ws = None
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=20)
+        if self.process is not None and not self._group_ended:
+            self._group_ended = True
+            try:  # children that outlived the browser process, right after it ended
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self._log is not None:
             self._log.close()
             self._log = None

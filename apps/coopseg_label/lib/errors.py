@@ -15,7 +15,7 @@ from fastapi import HTTPException
 logger = logging.getLogger(__name__)
 
 _PATH = re.compile(r"(?<![\w:/.\-])/(?:[\w.\-+@~]+/)*[\w.\-+@~]+")  # absolute POSIX paths, not URLs
-_EXPECTATION = "; expected "  # the bundle's long description of a usable input, after its problem
+_CLAUSE = "; "  # the bundle's messages: "<name>: <problem>; <what is expected, details>." (those go to the log)
 
 
 def without_paths(text: str) -> str:
@@ -35,16 +35,16 @@ def sentence(cause: str, about: str = "", fix: str = "") -> str:
 
 
 def problem_of(error: Exception, name: str = "") -> str:
-    """The cause alone of an error of the bundle's: its ``problem`` attribute, else its message without the leading
-    ``"<name>: "`` and the trailing expectation; server paths removed."""
+    """The cause alone of an error of the bundle's: its ``problem`` attribute, else the first clause of its message
+    without the leading ``"<name>: "`` (the rest, expectations and details, stays in the log); no server paths."""
     problem = getattr(error, "problem", None)
     if problem is None:
         problem = str(error)
         head, sep, rest = problem.partition(": ")
         if name and sep and head.startswith(name):
             extra = head[len(name) :].strip()  # e.g. "frame 2" of a cine's label
-            problem = f"{rest.split(_EXPECTATION)[0].rstrip('.')}{f' ({extra})' if extra else ''}"
-        problem = problem.split(_EXPECTATION)[0]
+            problem = f"{rest.split(_CLAUSE)[0].rstrip('.')}{f' ({extra})' if extra else ''}"
+        problem = problem.split(_CLAUSE)[0]
     problem = problem.removeprefix("is ")  # "<name>: is a 2D image ..." reads "A 2D image ... in <name>"
     return without_paths(problem).rstrip(".")
 
