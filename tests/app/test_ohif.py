@@ -183,6 +183,22 @@ def test_cine_rendered_and_coopseg_mask_drawn_on_it(site: dict, series: dict) ->
 
 
 @pytest.mark.slow
+def test_coopseg_mask_drawn_on_a_single_phase_series(site: dict, series: dict) -> None:
+    page = site["page"]
+    with artefacts_on_failure(page, "stack_coopseg"):
+        page.open(
+            f"monai-label?StudyInstanceUIDs={series['studies']['stack']}",
+            "!!window.services && document.querySelectorAll('canvas.cornerstone-canvas').length === 3",
+        )
+        before = wait_for_pixels(page, lambda p: (p.max(axis=-1) > BRIGHT).sum() > 200, "the stack's image")
+        page.connect_panel()
+        page.run_model("coopseg")
+        after = wait_for_pixels(page, lambda p: coloured(before, p).sum() > 100, "the coopseg mask over the stack")
+        assert inside(coloured(before, after), before.max(axis=-1) > BRIGHT), "the mask is not drawn over the heart"
+        check_labelmap(page.state(f"{LABELMAP_SLICES}('1')"), series["folders"]["stack"], series["labels"]["stack"])
+
+
+@pytest.mark.slow
 def test_saved_label_comes_back_from_the_pacs_as_seg_drawn_on_the_right_images(
     site: dict, series: dict, tmp_path: Path
 ) -> None:

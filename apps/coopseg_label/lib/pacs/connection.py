@@ -146,15 +146,15 @@ def probe(client: DICOMwebClientX, pacs: PacsSettings) -> int:
                 fix="check the host and port given to --studies and that the server runs",
             )
         ) from e
-    except ValueError as e:  # an answer that is not DICOM JSON
-        raise PacsConnectionError(
-            sentence(f"not a DICOMweb root (a QIDO-RS series search answered no DICOM JSON): {pacs.url}", fix=ROOT_HINT)
-        ) from e
-    if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
-        raise PacsConnectionError(
-            sentence(f"not a DICOMweb root (a QIDO-RS series search answered no DICOM JSON): {pacs.url}", fix=ROOT_HINT)
-        )
+    except ValueError as e:  # an answer that is not JSON
+        raise PacsConnectionError(_no_dicom_json(pacs)) from e
+    if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):  # e.g. Orthanc's REST list
+        raise PacsConnectionError(_no_dicom_json(pacs))
     return len(found)
+
+
+def _no_dicom_json(pacs: PacsSettings) -> str:
+    return sentence(f"not a DICOMweb root (a QIDO-RS series search answered no DICOM JSON): {pacs.url}", fix=ROOT_HINT)
 
 
 def share_with_proxy(pacs: PacsSettings) -> None:
