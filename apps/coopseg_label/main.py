@@ -14,7 +14,10 @@ Options (``--conf key value``): ``bundle_path`` (default ``$COOPSEG_BUNDLE`` or 
 ``model_dir`` (where the app keeps its working bundle and retrained weights; default ``$COOPSEG_MODEL_DIR`` or
 ``<app>/model``, git-ignored), ``preload`` (``true`` loads the networks at start), ``skip_trainers``,
 ``skip_strategies`` and ``skip_scoring`` (``true`` for an inference-only deployment), ``lease_minutes`` (how long
-the ``disagreement`` strategy keeps an image it handed out from being handed out again; default 60).
+the ``disagreement`` strategy keeps an image it handed out from being handed out again; default 60),
+``scoring_retrievals`` (how many series not yet retrieved from a PACS one background scoring pass may retrieve;
+default 2) and ``scoring_retrieve_at_start`` (``true`` lets the pass at start retrieve too; by default it scores only
+the series already in the cache).
 
 Everything runs through the bundle: ``configs/inference.json`` for inference (``lib/infers``),
 ``configs/train.json`` and ``scripts.engine.trainer.CooperativeTrainer`` for training (``lib/trainers``),
@@ -23,6 +26,7 @@ Everything runs through the bundle: ``configs/inference.json`` for inference (``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +36,7 @@ from typing import Any
 from lib.activelearning import Disagreement
 from lib.bundle_code import bundle_module
 from lib.datastore import CoopSegDatastore, check_image_file
-from lib.errors import http_error
+from lib.errors import http_error, sentence, without_paths
 from lib.infers import CoopSegInferTask
 from lib.pacs import PacsConnectionError, PacsDatastore, is_url, open_pacs
 from lib.scoring import DisagreementScoring
@@ -52,6 +56,11 @@ from monailabel.tasks.activelearning.random import Random
 logger = logging.getLogger(__name__)
 
 MODELS = {"coopseg": True, "coopseg_fast": False}  # name -> STN refinement
+DEFAULT_SCORING_RETRIEVALS = 2  # series a background scoring pass may retrieve from a PACS
+NO_WEIGHTS = (
+    "NO TRAINED WEIGHTS YET: no models/model.pt or models/model.ts in the served bundle; run the main job or download "
+    "the pretrained bundle (GET /info/)."
+)
 
 
 def _flag(conf: dict[str, str], key: str) -> bool:
@@ -121,7 +130,27 @@ class CoopSegApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         if _flag(self.conf, "skip_scoring") or _flag(self.conf, "skip_strategies"):
             return {}
-        return {"disagreement": DisagreementScoring(lambda: self._infer_tasks().get("coopseg"))}
+        retrievals = int(self.conf.get("scoring_retrievals", DEFAULT_SCORING_RETRIEVALS))
+        studies = hashlib.sha256(str(self.studies).encode()).hexdigest()[:16]
+        memory = self.workspace.path.parent / "scoring" / f"failed_{studies}.json"  # one per datastore
+        return {
+            "disagreement": DisagreementScoring(lambda: self._infer_tasks().get("coopseg"), retrievals, memory)
+        }
+
+    def on_init_complete(self) -> None:
+        """MONAI Label's start-up (including a background scoring pass), which retrieves nothing from a PACS unless
+        ``--conf scoring_retrieve_at_start true``: it scores the series already in the cache."""
+        self._starting = True
+        try:
+            super().on_init_complete()
+        finally:
+            self._starting = False
+
+    def async_scoring(self, method: str | None, params: dict[str, Any] | None = None) -> Any:
+        if getattr(self, "_starting", False) and not _flag(self.conf, "scoring_retrieve_at_start"):
+            methods = [method] if method else list(self._scoring_methods)
+            params = {m: {**((params or {}).get(m) or {}), "retrievals": 0} for m in methods}
+        return super().async_scoring(method, params)
 
     def _infer_tasks(self) -> dict[str, InferTask]:
         """The infer tasks, created once weights exist (e.g. after training from scratch) without a restart."""
@@ -142,9 +171,9 @@ class CoopSegApp(MONAILabelApp):
         model = request.get("model")
         tasks = self._infer_tasks()
         if model not in MODELS:
-            raise http_error(404, f"unknown model '{model}'; available: {', '.join(MODELS)}.")
+            raise http_error(404, sentence(f"unknown model '{model}'", fix=f"available: {', '.join(MODELS)}"))
         if model not in tasks:
-            raise http_error(503, self.workspace.status()["message"])
+            raise http_error(503, NO_WEIGHTS, self.workspace.status()["message"])
         image = request.get("image")
         if isinstance(image, str):
             datastore = datastore or self.datastore()
@@ -157,10 +186,16 @@ class CoopSegApp(MONAILabelApp):
             elif image in datastore.list_images():
                 check_image_file(self.workspace.path, datastore.get_image_uri(image), f"image '{image}'")
             else:
-                raise http_error(404, f"image '{image}' is not in the datastore (GET /datastore/?output=all lists it).")
+                raise http_error(
+                    404, sentence(f"no image '{image}' in the datastore", fix="GET /datastore/?output=all lists them")
+                )
         try:
             return super().infer(request, datastore)
         except Exception as e:
             if hasattr(e, "status_code"):
                 raise
-            raise http_error(500, f"inference of {model} on {image!r} failed: {type(e).__name__}: {e}") from e
+            name = request.get("image_id") or "the image"
+            cause = without_paths(" ".join(str(e).split()))[:100]
+            raise http_error(
+                500, sentence(f"{type(e).__name__} in {model} ({cause})", f"on {name}"), f"{image}: {e}"
+            ) from e

@@ -234,3 +234,77 @@ def test_training_is_tracked_in_a_local_mlflow_store(app_modules, tmp_path: Path
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
     assert {"train_loss", "train_hard_seg"} <= set(run.data.metrics)
+
+
+class _PacsLike:
+    """A datastore that retrieves like the PACS one: ``retrievals`` counts the images fetched, ``versions`` say when
+    an image changed, ``unusable`` and ``flaky`` images fail with 422 and 502."""
+
+    def __init__(self, cached: set[str], images: list[str], unusable: set[str], flaky: set[str]) -> None:
+        from lib.errors import http_error
+
+        self.http_error = http_error
+        self.images, self.cached, self.unusable, self.flaky = images, set(cached), unusable, flaky
+        self.versions = {image: "1" for image in images}
+        self.info: dict[str, dict] = {}
+        self.retrievals: list[str] = []
+
+    def get_unlabeled_images(self) -> list[str]:
+        return list(self.images)
+
+    def get_image_info(self, image_id: str) -> dict:
+        return self.info.get(image_id, {})
+
+    def update_image_info(self, image_id: str, info: dict) -> None:
+        self.info.setdefault(image_id, {}).update(info)
+
+    def is_retrieved(self, image_id: str) -> bool:
+        return image_id in self.cached
+
+    def image_version(self, image_id: str) -> str:
+        return self.versions[image_id]
+
+    def get_image_uri(self, image_id: str) -> str:
+        if image_id not in self.cached:
+            self.retrievals.append(image_id)
+            self.cached.add(image_id)
+        if image_id in self.unusable:
+            raise self.http_error(422, f"2 slice position(s) is not a short-axis stack in series {image_id}.")
+        if image_id in self.flaky:
+            raise self.http_error(502, "the PACS did not answer.")
+        return image_id
+
+
+def test_scoring_retrieves_within_its_limit_and_remembers_unusable_images(app_modules, tmp_path: Path) -> None:
+    from lib.scoring import SCORE_KEY, DisagreementScoring
+
+    weights = tmp_path / "model.ts"
+    weights.write_bytes(b"weights")
+
+    class Task:
+        def live_weights(self) -> Path:
+            return weights
+
+        def uncertainty_scores(self, image: str, device: str | None = None) -> dict:
+            return {"disagreement": 0.1, "entropy": 0.2}
+
+    images = ["a", "b", "bad", "c", "flaky"]
+    store = _PacsLike(cached={"a"}, images=images, unusable={"bad"}, flaky={"flaky"})
+    memory = tmp_path / "scoring" / "failed.json"
+    scoring = DisagreementScoring(lambda: Task(), retrievals=2, memory=memory)
+
+    start = scoring({"retrievals": 0}, store)  # the pass at start: the cached image only
+    assert start["scored"] == ["a"] and store.retrievals == [] and start["not_retrieved"] == ["b", "bad", "c", "flaky"]
+    first = scoring({}, store)
+    assert store.retrievals == ["b", "bad"] and first["scored"] == ["b"] and list(first["failed"]) == ["bad"]
+    second = scoring({}, store)
+    assert store.retrievals == ["b", "bad", "c", "flaky"] and second["skipped"] == {"bad": first["failed"]["bad"]}
+    assert list(second["failed"]) == ["flaky"]  # a PACS that did not answer: tried again, not remembered
+    third = scoring({}, store)
+    assert store.retrievals == ["b", "bad", "c", "flaky"] and list(third["failed"]) == ["flaky"]
+    assert sorted(third["kept"]) == ["a", "b", "c"] and all(SCORE_KEY in store.info[i] for i in "abc")
+
+    store.versions["bad"] = "2"  # the series changed in the PACS: tried once more
+    store.unusable.discard("bad")
+    fourth = DisagreementScoring(lambda: Task(), retrievals=2, memory=memory)({}, store)  # a new pass, a new process
+    assert "bad" in fourth["scored"] and "bad" not in memory.read_text()

@@ -20,6 +20,7 @@ import numpy as np
 import oracle
 import pydicom
 import pytest
+from refusals import check_refusal, detail_of
 
 from conftest import BUNDLE_ROOT
 from helpers import configured_quality_threshold, make_bundle_copy, write_cine_series, write_nifti
@@ -98,20 +99,38 @@ def http_status(call) -> tuple[int, str]:
 
 
 # in-process --------------------------------------------------------------------------------------------------------
-def test_connection_problems_name_the_url(pacs_lib, auth_pacs: Orthanc) -> None:
+def test_connection_problems_say_their_cause_first(pacs_lib, auth_pacs: Orthanc) -> None:
     PacsSettings, connect = pacs_lib.PacsSettings, pacs_lib.connection.connect
     nowhere = f"http://127.0.0.1:{free_port()}/dicom-web"
+    root_hint = "give --studies the DICOMweb root (Orthanc: http://<host>:8042/dicom-web)"
     cases = [
-        (PacsSettings(nowhere), "cannot be reached"),
-        (PacsSettings(auth_pacs.dicomweb, USER, "wrong"), "401 Unauthorized: credentials were refused"),
-        (PacsSettings(auth_pacs.dicomweb), "401 Unauthorized: credentials are needed and none were given"),
-        (PacsSettings(f"{auth_pacs.url}/no-dicom-web", USER, PASSWORD), "404 Not Found"),
+        (PacsSettings(nowhere), "Cannot reach the DICOMweb server", "check the host and port"),
+        (PacsSettings(auth_pacs.dicomweb, USER, "wrong"), "Credentials refused (401 Unauthorized)", "check"),
+        (PacsSettings(auth_pacs.dicomweb), "Credentials needed (401 Unauthorized)", "set MONAI_LABEL_DATASTORE"),
+        (PacsSettings(f"{auth_pacs.url}/no-dicom-web", USER, PASSWORD), "Not a DICOMweb root (HTTP 404", root_hint),
+        (PacsSettings(auth_pacs.url, USER, PASSWORD), "Not a DICOMweb root (HTTP 400", root_hint),  # the REST root
     ]
-    for pacs, problem in cases:
+    for pacs, cause, fix in cases:
         with pytest.raises(pacs_lib.PacsConnectionError) as err:
             connect(pacs)
-        assert pacs.url in str(err.value) and problem in str(err.value), str(err.value)
+        check_refusal(str(err.value), cause, named=pacs.url, fix=fix)
     assert connect(PacsSettings(auth_pacs.dicomweb, USER, PASSWORD)) is not None
+
+
+def test_dicom_proxy_gets_the_datastore_credentials(pacs_lib, monkeypatch) -> None:
+    """MONAI Label's /proxy/dicom (OHIF's way to the PACS) reads only the deprecated credential settings."""
+    from monailabel.config import Settings
+
+    connection = pacs_lib.connection
+    for prefix in ("MONAI_LABEL_DATASTORE", "MONAI_LABEL_DICOMWEB"):  # the documented names, then the deprecated
+        monkeypatch.delenv("MONAI_LABEL_DATASTORE_USERNAME", raising=False)
+        monkeypatch.delenv("MONAI_LABEL_DATASTORE_PASSWORD", raising=False)
+        monkeypatch.setenv(f"{prefix}_USERNAME", f"{prefix}-user")
+        monkeypatch.setenv(f"{prefix}_PASSWORD", "pw")
+        monkeypatch.setattr(connection, "settings", Settings())
+        connection.share_with_proxy(connection.pacs_settings("http://pacs.example/dicom-web"))
+        assert connection.settings.MONAI_LABEL_DICOMWEB_USERNAME == f"{prefix}-user"
+        assert connection.settings.MONAI_LABEL_DICOMWEB_PASSWORD == "pw"
 
 
 def test_worklist_filter_and_credentials_come_from_monai_label_settings(pacs_lib, monkeypatch) -> None:
@@ -156,21 +175,26 @@ def test_datastore_lists_converts_and_refuses(pacs_lib, open_pacs: Orthanc, seri
         np.testing.assert_array_equal(np.asarray(stack.dataobj), series["image"][..., 0])
 
         status, detail = http_status(lambda: store.get_image_uri(uids["two_slices"]))
-        assert status == 422 and uids["two_slices"] in detail and "2 slice position(s)" in detail
+        assert status == 422
+        check_refusal(detail, "2 slice position(s) is not a short-axis stack", named=uids["two_slices"])
         status, detail = http_status(lambda: store.get_image_uri("1.2.3.4"))
-        assert status == 404 and "1.2.3.4" in detail and open_pacs.dicomweb in detail
+        assert status == 404
+        check_refusal(detail, "No series 1.2.3.4 in the PACS", named="1.2.3.4", fix="GET /datastore/")
 
         wrong = write_nifti(tmp_path / "wrong.nii.gz", series["label"][:, :, :3], series["affine"])
         status, detail = http_status(lambda: store.save_label(uids["cine"], str(wrong), "final", {}))
-        assert status == 422 and uids["cine"] in detail and "does not match the series grid" in detail
+        assert status == 422
+        check_refusal(detail, "Label of shape (40, 40, 3, 4) does not match the series grid", uids["cine"], "nothing")
         shifted = series["affine"].copy()
         shifted[:3, 3] += 5.0
         moved = write_nifti(tmp_path / "moved.nii.gz", series["label"], shifted)
         status, detail = http_status(lambda: store.save_label(uids["cine"], str(moved), "final", {}))
-        assert status == 422 and "affine is not the series grid's" in detail
+        assert status == 422
+        check_refusal(detail, "The label's affine is not the series grid's", uids["cine"], "nothing was stored")
         assert open_pacs.series_uids("SEG") == []  # nothing was sent
-        status, _ = http_status(lambda: store.add_image("new", str(wrong), {}))
+        status, detail = http_status(lambda: store.add_image("new", str(wrong), {}))
         assert status == 405
+        check_refusal(detail, "Uploads are refused", fix="send images to the PACS")
     finally:
         store._observer.stop()
 
@@ -267,7 +291,8 @@ def test_slicer_session_with_a_pacs(site: dict, auth_pacs: Orthanc, series: dict
     wrong = write_nifti(tmp_path / "wrong.nii.gz", corrected[:-2], label.affine)
     with pytest.raises(MONAILabelClientException) as err:
         c.save_label(uids["cine"], str(wrong), tag="final", params=label_info)
-    assert "Status: 422" in err.value.msg and uids["cine"] in err.value.msg and "does not match" in err.value.msg
+    assert "Status: 422" in err.value.msg
+    check_refusal(detail_of(err.value.msg), "Label of shape", named=uids["cine"], fix="nothing was stored")
     assert auth_pacs.series_uids("SEG") == [seg_uid]
 
     # a single-phase series: 3D label, one SEG instance
@@ -297,7 +322,7 @@ def test_server_stops_on_an_unreachable_url(site: dict, tmp_path: Path) -> None:
     conf = {"bundle_path": str(site["bundle"]), "model_dir": str(tmp_path / "models")}
     env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(cwd / "cache")}
     server = LabelServer(site["app"], url, conf, cwd=cwd, env=env)
-    expect_stop(server, cwd, f"DICOMweb server {url} cannot be reached")
+    expect_stop(server, cwd, f"Cannot reach the DICOMweb server {url}")
 
 
 @pytest.mark.slow
@@ -311,4 +336,4 @@ def test_server_stops_on_a_wrong_password(site: dict, auth_pacs: Orthanc, tmp_pa
         "MONAI_LABEL_DATASTORE_CACHE_PATH": str(cwd / "cache"),
     }
     server = LabelServer(site["app"], auth_pacs.dicomweb, conf, cwd=cwd, env=env)
-    expect_stop(server, cwd, f"DICOMweb server {auth_pacs.dicomweb} answered 401 Unauthorized")
+    expect_stop(server, cwd, f"Credentials refused (401 Unauthorized) by the DICOMweb server {auth_pacs.dicomweb}")

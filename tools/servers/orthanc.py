@@ -4,13 +4,16 @@ temporary folder.
 Orthanc (``orthanc`` and ``orthanc-dicomweb`` from Debian; CI installs them) runs as a subprocess with its own JSON
 configuration: HTTP only on the loopback interface, no DICOM port, storage and index in the folder, DICOMweb at
 ``/dicom-web/``, optionally HTTP basic authentication. It is ready once ``GET /system`` answers, and is stopped by its
-PID (terminate, then kill). Series are loaded by POSTing each file to the REST ``/instances`` endpoint.
+PID (terminate, then kill). Series are loaded by POSTing each file to the REST ``/instances`` endpoint. With
+``log_http`` Orthanc logs every HTTP request it serves (``--verbose-http``), which :meth:`Orthanc.requests` reads back:
+what a client asked of the PACS, counted by the PACS itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import time
@@ -55,9 +58,10 @@ class Orthanc:
         dicomweb: the DICOMweb root, ``<url>/dicom-web``.
     """
 
-    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, users: dict[str, str] | None = None, log_http: bool = False) -> None:
         self.root = Path(root)
         self.users = dict(users or {})
+        self.log_http = log_http
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dicomweb = f"{self.url}/dicom-web"
@@ -90,7 +94,10 @@ class Orthanc:
         config.write_text(json.dumps(self.config(), indent=1))
         self._log = open(self.root / "orthanc.log", "w")
         self.process = subprocess.Popen(
-            [orthanc_binary(), str(config)], stdout=self._log, stderr=subprocess.STDOUT, cwd=str(self.root)
+            [orthanc_binary(), *(["--verbose-http"] if self.log_http else []), str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.root),
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -121,6 +128,24 @@ class Orthanc:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def requests(self) -> list[tuple[str, str]]:
+        """``(method, path)`` of every HTTP request served so far, oldest first (needs ``log_http``; query strings
+        are not logged)."""
+        if not self.log_http:
+            raise RuntimeError("Orthanc was started without log_http")
+        text = (self.root / "orthanc.log").read_text(errors="replace")
+        return re.findall(r"\(http\) (GET|POST|PUT|DELETE) (\S+)", text)
+
+    def series_retrievals(self, since: int = 0) -> dict[str, int]:
+        """WADO-RS retrievals per series UID among the requests after the first ``since``: GETs of
+        ``/dicom-web/studies/<study>/series/<series>`` and of anything under it (metadata, instances, frames)."""
+        counts: dict[str, int] = {}
+        for method, path in self.requests()[since:]:
+            found = re.match(r"/dicom-web/studies/[^/]+/series/([^/?]+)", path)
+            if method == "GET" and found:
+                counts[found.group(1)] = counts.get(found.group(1), 0) + 1
+        return counts
 
     # REST helpers ----------------------------------------------------------------------------------------------
     def get(self, path: str, **kwargs) -> httpx.Response:

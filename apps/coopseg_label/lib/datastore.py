@@ -20,7 +20,7 @@ from typing import Any
 from monailabel.datastore.local import LocalDatastore
 
 from .bundle_code import bundle_module
-from .errors import http_error
+from .errors import http_error, problem_of, sentence
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def check_image_file(bundle: Path, path: str, name: str) -> tuple[int, ...]:
         image = volumes.load_volume(path, name)
         volumes.check_image(image, name)
     except volumes.VolumeError as e:
-        raise http_error(422, str(e)) from e
+        raise http_error(422, sentence(problem_of(e, name), f"in {name}"), str(e)) from e
     return tuple(image.shape)
 
 
@@ -59,9 +59,14 @@ class CoopSegDatastore(LocalDatastore):
         check_image_file(self.bundle, image_filename, name)
         return super().add_image(image_id, image_filename, image_info)
 
+    def image_version(self, image_id: str) -> str:
+        """What changes when the image file changes: its size and modification time."""
+        stat = os.stat(self.get_image_uri(image_id))
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         if image_id not in self._datastore.objects:
-            raise http_error(404, f"image '{image_id}' is not in the datastore; upload it before its label.")
+            raise http_error(404, sentence(f"no image '{image_id}' in the datastore", fix="upload it before its label"))
         volumes = bundle_module(self.bundle, "volumes")
         try:
             volumes.check_label_file(
@@ -72,7 +77,8 @@ class CoopSegDatastore(LocalDatastore):
                 image_name=f"image '{image_id}'",
             )
         except volumes.VolumeError as e:
-            raise http_error(422, str(e)) from e
+            name = f"for image '{image_id}'"
+            raise http_error(422, sentence(problem_of(e, f"label {name}"), f"in the label {name}"), str(e)) from e
         previous = self.get_label_uri(image_id, label_tag) if self._datastore.label(image_id, label_tag) else ""
         if previous and os.path.isfile(previous):
             history = Path(self._datastore_path) / ".label_history" / label_tag

@@ -76,7 +76,18 @@ _EXPECTED = (
 
 
 class DicomSeriesError(VolumeError):
-    """A DICOM series folder cannot be used; the message names the folder, the series and the problem."""
+    """A DICOM series folder cannot be used; the message names the folder, the series and the problem.
+
+    Attributes:
+        problem: the problem alone (no folder, no series, no expectation), for callers that name the series their
+            own way, e.g. a server that must not show its folders to clients.
+        expected: what a usable series is ("" when it does not apply).
+    """
+
+    def __init__(self, name: str, problem: str, expected: str = _EXPECTED) -> None:
+        super().__init__(f"{name}: {problem}; {expected}." if expected else f"{name}: {problem}.")
+        self.problem = problem
+        self.expected = expected
 
 
 @dataclass(frozen=True)
@@ -134,12 +145,13 @@ def _one_series(folder: Path, instances: list[tuple[Path, Dataset]]) -> tuple[st
     for _, ds in instances:
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), str(ds.get("SeriesDescription", "")))
     if not series:
-        raise DicomSeriesError(f"{folder}: holds no DICOM image instances; {_EXPECTED}.")
+        raise DicomSeriesError(str(folder), "holds no DICOM image instances")
     if len(series) > 1:
         listed = ", ".join(f"{desc!r} {uid}" for uid, desc in series.items())
         raise DicomSeriesError(
-            f"{folder}: holds {len(series)} DICOM series ({listed}); expected one series per folder: move each series "
-            "into its own folder."
+            str(folder),
+            f"holds {len(series)} DICOM series ({listed})",
+            "expected one series per folder: move each series into its own folder",
         )
     uid, description = next(iter(series.items()))
     return description, uid
@@ -154,18 +166,18 @@ def _check_instances(name: str, headers: Sequence[Dataset]) -> None:
     """Modality MR, single-frame, geometry tags present, one orientation, pixel spacing and matrix."""
     modalities = sorted({str(ds.get("Modality", "")) for ds in headers})
     if modalities != ["MR"]:
-        raise DicomSeriesError(f"{name}: modality {'/'.join(modalities) or 'missing'} is not MR; {_EXPECTED}.")
+        raise DicomSeriesError(name, f"modality {'/'.join(modalities) or 'missing'} is not MR")
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in headers):
-        raise DicomSeriesError(f"{name}: holds multi-frame (enhanced) instances, which are not read; {_EXPECTED}.")
+        raise DicomSeriesError(name, "holds multi-frame (enhanced) instances, which are not read")
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
         if any(ds.get(keyword) is None for ds in headers):
-            raise DicomSeriesError(f"{name}: instances without {keyword}; {_EXPECTED}.")
+            raise DicomSeriesError(name, f"instances without {keyword}")
     if not _same([ds.ImageOrientationPatient for ds in headers], atol=1e-4):
-        raise DicomSeriesError(f"{name}: mixed image orientations (ImageOrientationPatient); {_EXPECTED}.")
+        raise DicomSeriesError(name, "mixed image orientations (ImageOrientationPatient)")
     if not _same([ds.PixelSpacing for ds in headers], atol=1e-4):
-        raise DicomSeriesError(f"{name}: varying PixelSpacing; {_EXPECTED}.")
+        raise DicomSeriesError(name, "varying PixelSpacing")
     if not _same([(ds.Rows, ds.Columns) for ds in headers], atol=0):
-        raise DicomSeriesError(f"{name}: varying Rows/Columns (image matrix); {_EXPECTED}.")
+        raise DicomSeriesError(name, "varying Rows/Columns (image matrix)")
 
 
 def _normal(header: Dataset) -> np.ndarray:
@@ -185,8 +197,9 @@ def _slice_positions(name: str, headers: Sequence[Dataset]) -> list[list[int]]:
     worst = float(np.linalg.norm(off_line, axis=1).max())
     if worst > limit:
         raise DicomSeriesError(
-            f"{name}: slice positions are not on one line along the slice normal (an ImagePositionPatient is "
-            f"{worst:.2f} mm off it); {_EXPECTED}."
+            name,
+            "slice positions are not on one line along the slice normal (an ImagePositionPatient is "
+            f"{worst:.2f} mm off it)",
         )
     groups: list[list[int]] = []
     for index in np.argsort(along, kind="stable").tolist():
@@ -201,16 +214,16 @@ def _check_positions(name: str, distances: np.ndarray) -> None:
     """At least ``MIN_SLICES`` positions, no gap over ``MAX_GAP`` times the median spacing (``distances`` in mm)."""
     if len(distances) < MIN_SLICES:
         raise DicomSeriesError(
-            f"{name}: {len(distances)} slice position(s) is not a short-axis stack (a single long-axis cine plane?); "
-            f"{_EXPECTED}."
+            name, f"{len(distances)} slice position(s) is not a short-axis stack (a single long-axis cine plane?)"
         )
     gaps = np.diff(distances)
     median = float(np.median(gaps))
     worst = int(np.argmax(gaps))
     if gaps[worst] > MAX_GAP * median:
         raise DicomSeriesError(
-            f"{name}: missing slice: a gap of {gaps[worst]:.2f} mm between slice positions {worst} and {worst + 1} "
-            f"(median spacing {median:.2f} mm); {_EXPECTED}."
+            name,
+            f"missing slice: a gap of {gaps[worst]:.2f} mm between slice positions {worst} and {worst + 1} "
+            f"(median spacing {median:.2f} mm)",
         )
 
 
@@ -227,8 +240,9 @@ def _sort_phases(name: str, headers: Sequence[Dataset], groups: list[list[int]])
     counts = [len(g) for g in groups]
     if len(set(counts)) > 1:
         raise DicomSeriesError(
-            f"{name}: unequal number of cardiac phases per slice position ({counts}, slice positions ascending "
-            f"along the normal); {_EXPECTED}."
+            name,
+            f"unequal number of cardiac phases per slice position ({counts}, slice positions ascending along the "
+            "normal)",
         )
     key = _phase_key(headers)
 
@@ -262,7 +276,7 @@ def read_series_grid(folder: str | os.PathLike) -> SeriesGrid:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DicomSeriesError(f"{folder}: no such folder; {_EXPECTED}.")
+        raise DicomSeriesError(str(folder), "no such folder")
     instances = _read_headers(folder)
     description, uid = _one_series(folder, instances)
     name = _series_name(folder, description, uid)
@@ -290,7 +304,9 @@ def _pixels(path: Path, name: str) -> np.ndarray:
         ds = pydicom.dcmread(str(path))
         values = ds.pixel_array.astype(np.float32)
     except Exception as e:  # corrupt, truncated or compressed without a decoder
-        raise DicomSeriesError(f"{name}: cannot decode the pixels of {path.name} ({type(e).__name__}: {e}).") from e
+        raise DicomSeriesError(
+            name, f"cannot decode the pixels of {path.name} ({type(e).__name__}: {e})", expected=""
+        ) from e
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
     return (values * slope + intercept).T
 
@@ -303,7 +319,7 @@ def read_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, SeriesGrid
         for f, path in enumerate(row):
             values = _pixels(path, grid.name)
             if values.shape != grid.shape[:2]:
-                raise DicomSeriesError(f"{grid.name}: {path.name} holds {values.shape[::-1]} pixels; {_EXPECTED}.")
+                raise DicomSeriesError(grid.name, f"{path.name} holds {values.shape[::-1]} pixels")
             image[:, :, k, f] = values
     return image, grid
 
@@ -476,14 +492,17 @@ def _label_codes(label: np.ndarray, grid: SeriesGrid, labels: Sequence[Label]) -
     array = np.asarray(label)
     array = array[..., None] if array.ndim == 3 else array
     if array.shape != grid.shape:
-        raise VolumeError(
-            f"{grid.name}: label of shape {tuple(array.shape)} does not match the series grid {grid.shape} "
-            "(H = Columns, W = Rows, slices, phases)."
+        raise DicomSeriesError(
+            grid.name,
+            f"label of shape {tuple(array.shape)} does not match the series grid {grid.shape}",
+            expected="shapes are H = Columns, W = Rows, slices, phases",
         )
     codes = {0, *(lbl.code for lbl in labels)}
     values = set(np.unique(array).tolist())
     if not values <= codes:
-        raise VolumeError(f"{grid.name}: label values {sorted(values - codes)} are not label codes {sorted(codes)}.")
+        raise DicomSeriesError(
+            grid.name, f"label values {sorted(values - codes)} are not label codes {sorted(codes)}", expected=""
+        )
     return array.astype(np.uint8)
 
 
@@ -565,7 +584,9 @@ def write_dicom_seg(
 
     grid = series if isinstance(series, SeriesGrid) else read_series_grid(series)
     if affine is not None and not np.allclose(np.asarray(affine, dtype=np.float64), grid.affine, atol=1e-2):
-        raise VolumeError(f"{grid.name}: the label's affine is not the series grid's; it must be on the source grid.")
+        raise DicomSeriesError(
+            grid.name, "the label's affine is not the series grid's", expected="it must be on the source grid"
+        )
     codes = _label_codes(label, grid, labels)
     paths = dicom_seg_paths(path, grid.shape[3])
     existing = [str(p) for p in paths if p.exists()]

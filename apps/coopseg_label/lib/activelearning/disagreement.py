@@ -15,7 +15,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from ..errors import http_error
+from ..errors import http_error, sentence
 from ..scoring import SCORE_KEY
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Disagreement(Strategy):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         metric = request.get("metric", "disagreement")
         if metric not in METRICS:
-            raise http_error(422, f"unknown metric '{metric}'; use one of {', '.join(METRICS)}.")
+            raise http_error(422, sentence(f"unknown metric '{metric}'", fix=f"use one of {', '.join(METRICS)}"))
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
@@ -59,8 +59,10 @@ class Disagreement(Strategy):
         if all(c[1] for c in candidates):
             raise http_error(
                 409,
-                "no image has a disagreement score yet: scoring runs in the background when the server starts and "
-                "after training (POST /scoring/disagreement starts it now); use the strategy 'random' meanwhile.",
+                sentence(
+                    "no image has a disagreement score yet (scoring runs in the background)",
+                    fix="POST /scoring/disagreement starts it; use the strategy 'random' meanwhile",
+                ),
             )
         leased, _, negative_score, _, image_id = min(candidates)
         logger.info(

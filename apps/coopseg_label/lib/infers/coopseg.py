@@ -23,8 +23,8 @@ from monailabel.utils.others.class_utils import unload_module
 from monailabel.utils.others.generic import name_to_device
 
 from ..bundle_code import bundle_module
-from ..errors import http_error
-from ..nifti import save_nifti
+from ..errors import http_error, sentence, without_paths
+from ..nifti import NRRD_SUFFIXES, save_nifti, save_nrrd
 from .results import result_params
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,9 @@ class CoopSegInferTask(BundleInferTask):
     def _get_network(self, device: str, data: Any) -> torch.nn.Module:
         live = self.live_weights()
         if live is None:
-            raise http_error(503, f"no trained weights in {Path(self.bundle_path) / 'models'}; see GET /info/.")
+            raise http_error(
+                503, sentence("no trained weights in the served bundle", fix="see GET /info/"), str(self.bundle_path)
+            )
         if live.suffix == ".pt":
             if self._network_def is None:
                 self._network_def = self._instantiate_network_def()
@@ -103,11 +105,14 @@ class CoopSegInferTask(BundleInferTask):
         try:
             return super()._get_network(device, None)
         except RuntimeError as e:  # load_state_dict (strict) or torch.jit.load
-            first = " ".join(str(e).split())[:300] or type(e).__name__
+            first = without_paths(" ".join(str(e).split()))[:90] or type(e).__name__
             raise http_error(
                 503,
-                f"{live} cannot be loaded into the bundle's network_def (weights of another network version or "
-                f"width?): {first}. Retrain (main job) or replace the bundle's models/ file; see GET /info/.",
+                sentence(
+                    f"weights {live.name} do not fit the bundle's network ({first})",
+                    fix="retrain or replace the bundle's models/ file",
+                ),
+                f"{live}: {e}",
             ) from e
 
     def uncertainty_scores(self, image_path: str, device: str | None = None) -> dict[str, float]:
@@ -151,8 +156,10 @@ class CoopSegInferTask(BundleInferTask):
         return "the served network gives no FTN-STN disagreement."
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
-        """MONAI Label's writer for a 3D label; a cine's ``F, H, W, D`` label as a 4D NIfTI ``H, W, D, F`` on the
-        image's affine. Both with the result params of :func:`lib.infers.results.result_params`."""
+        """MONAI Label's writer for a 3D label; a cine's ``F, H, W, D`` label as a 4D file ``H, W, D, F`` on the
+        image's affine: NIfTI, or NRRD when the request's ``result_extension`` asks for it (OHIF's MONAI Label panel
+        does, and shows the first ``H * W * D`` values: frame 0). Both with the result params of
+        :func:`lib.infers.results.result_params`."""
         label = data[self.output_label_key]
         values = label.detach().cpu().numpy() if torch.is_tensor(label) else np.asarray(label)
         meta = data.get(f"{self.output_label_key}_meta_dict") or {}
@@ -167,7 +174,13 @@ class CoopSegInferTask(BundleInferTask):
         data[self.output_json_key] = {**(result if isinstance(result, dict) else {}), **params}
         if values.ndim != 4:
             return super().writer(data, extension, dtype)
-        with tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False) as f:
+        requested = str(data.get("result_extension") or "").lower()
+        suffix = requested if requested in NRRD_SUFFIXES else ".nii.gz"
+        with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as f:
             path = f.name
-        save_nifti(np.moveaxis(values, 0, -1).astype(np.uint8), affine, path)
+        codes = np.moveaxis(values, 0, -1).astype(np.uint8)
+        if suffix in NRRD_SUFFIXES:
+            save_nrrd(codes, affine, path, compress=bool(data.get("result_compress", False)))
+        else:
+            save_nifti(codes, affine, path)
         return path, data[self.output_json_key]

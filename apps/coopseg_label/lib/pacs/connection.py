@@ -23,12 +23,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX
+
+from ..errors import sentence
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ _CREDENTIALS = "MONAI_LABEL_DATASTORE_USERNAME and MONAI_LABEL_DATASTORE_PASSWOR
 
 
 class PacsConnectionError(RuntimeError):
-    """The DICOMweb server cannot be used; the message names the URL and the problem."""
+    """The DICOMweb server cannot be used; the message says the problem first, then the URL and the fix."""
 
 
 def is_url(studies: str) -> bool:
@@ -98,40 +101,68 @@ class _TimeoutSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
+ROOT_HINT = "give --studies the DICOMweb root (Orthanc: http://<host>:8042/dicom-web)"
+NOT_A_ROOT = (400, 404, 405)  # what a URL that is no DICOMweb root answers a QIDO-RS search (Orthanc's REST root: 400)
+
+
 def _http_problem(pacs: PacsSettings, response: requests.Response) -> str:
-    status = response.status_code
+    """The refusal for an HTTP error answer to the first search: cause first, the URL, the fix."""
+    status, url = response.status_code, pacs.url
     if status == 401:
-        given = "were refused (wrong user name or password)" if pacs.username else "are needed and none were given"
-        return f"answered 401 Unauthorized: credentials {given}; set {_CREDENTIALS}"
-    if status == 403:
-        return f"answered 403 Forbidden: user {pacs.username or '(none)'} may not search series"
-    if status == 404:
-        return (
-            "answered 404 Not Found to a QIDO-RS series search: no DICOMweb service at this URL; give --studies the "
-            "DICOMweb root (Orthanc: http://<host>:8042/dicom-web)"
+        if pacs.username:
+            return sentence(
+                f"credentials refused (401 Unauthorized) by the DICOMweb server {url}", fix=f"check {_CREDENTIALS}"
+            )
+        return sentence(
+            f"credentials needed (401 Unauthorized) by the DICOMweb server {url}", fix=f"set {_CREDENTIALS}"
         )
-    return f"answered HTTP {status} {response.reason} to a QIDO-RS series search"
+    if status == 403:
+        return sentence(f"forbidden (403): user {pacs.username or '(none)'} may not search series on {url}")
+    if status in NOT_A_ROOT:
+        return sentence(f"not a DICOMweb root (HTTP {status} to a QIDO-RS series search): {url}", fix=ROOT_HINT)
+    return sentence(f"HTTP {status} {response.reason} to a QIDO-RS series search from the DICOMweb server {url}")
 
 
 def probe(client: DICOMwebClientX, pacs: PacsSettings) -> int:
     """Search one series with the worklist filter; the number found (0 or 1). Raises :class:`PacsConnectionError`."""
-    where = f"DICOMweb server {pacs.url}"
     try:
         found = client.search_for_series(search_filters=pacs.search_filter, limit=1)
     except requests.exceptions.HTTPError as e:
-        raise PacsConnectionError(f"{where} {_http_problem(pacs, e.response)}.") from e
+        raise PacsConnectionError(_http_problem(pacs, e.response)) from e
     except requests.exceptions.Timeout as e:
-        raise PacsConnectionError(f"{where} does not answer (no reply within {CONNECT_TIMEOUT_S:g} s).") from e
+        raise PacsConnectionError(
+            sentence(
+                f"no answer within {CONNECT_TIMEOUT_S:g} s from the DICOMweb server {pacs.url}", fix="check it runs"
+            )
+        ) from e
     except requests.exceptions.ConnectionError as e:
         cause = e.args[0] if e.args else e
-        reason = str(getattr(cause, "reason", cause)).split(">: ")[-1][:200]
+        text = str(getattr(cause, "reason", cause))
+        errno = re.search(r"\[Errno -?\d+\][^,)'\"]*", text)  # "[Errno 111] Connection refused"
+        reason = (errno.group(0) if errno else text.split(": ")[-1]).strip()[:60]
         raise PacsConnectionError(
-            f"{where} cannot be reached ({reason}); check the host and port given to --studies and that the server "
-            "runs."
+            sentence(
+                f"cannot reach the DICOMweb server {pacs.url} ({reason})",
+                fix="check the host and port given to --studies and that the server runs",
+            )
         ) from e
-    except ValueError as e:  # an answer that is not DICOM JSON
-        raise PacsConnectionError(f"{where} answered a QIDO-RS series search with something not DICOM JSON.") from e
+    except ValueError as e:  # an answer that is not JSON
+        raise PacsConnectionError(_no_dicom_json(pacs)) from e
+    if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):  # e.g. Orthanc's REST list
+        raise PacsConnectionError(_no_dicom_json(pacs))
     return len(found)
+
+
+def _no_dicom_json(pacs: PacsSettings) -> str:
+    return sentence(f"not a DICOMweb root (a QIDO-RS series search answered no DICOM JSON): {pacs.url}", fix=ROOT_HINT)
+
+
+def share_with_proxy(pacs: PacsSettings) -> None:
+    """Give MONAI Label's DICOMweb proxy (``/proxy/dicom/...``, through which OHIF reads the PACS) the datastore's
+    credentials: it reads only the deprecated ``MONAI_LABEL_DICOMWEB_USERNAME`` / ``_PASSWORD`` settings, at each
+    request, so the proxy authenticates as the datastore does whichever variables the user set."""
+    settings.MONAI_LABEL_DICOMWEB_USERNAME = pacs.username
+    settings.MONAI_LABEL_DICOMWEB_PASSWORD = pacs.password
 
 
 def connect(pacs: PacsSettings) -> DICOMwebClientX:

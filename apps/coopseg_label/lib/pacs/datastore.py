@@ -10,7 +10,9 @@ What changes from MONAI Label's own DICOMweb datastore:
 * the worklist (``GET /datastore/``) lists every series the search filter finds, cached or not, with its QIDO
   attributes; lists are re-read after at most ``list_ttl_s`` seconds and after every stored label, and a SEG series'
   reference is looked up once;
-* images cannot be uploaded through the server (they belong in the PACS).
+* images cannot be uploaded through the server (they belong in the PACS);
+* a series is retrieved only when it is used (an inference, a label, or a scoring pass within its retrieval limit,
+  :mod:`lib.scoring.disagreement`); :meth:`PacsDatastore.is_retrieved` says whether that is already done.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from ..errors import http_error
+from ..errors import http_error, sentence
 from .connection import PacsSettings
 from .series import label_to_dicom_seg, series_to_nifti, temporary_folder
 
@@ -50,6 +52,10 @@ def _value(item: dict[str, Any], keyword: str) -> Any:
     values = element.get("Value") or [None]
     value = values[0]
     return value.get("Alphabetic") if isinstance(value, dict) else value
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for f in folder.iterdir() if f.is_file())
 
 
 class _Timed:
@@ -136,13 +142,17 @@ class PacsDatastore(DICOMWebDatastore):
     def _study_of(self, image_id: str) -> str:
         found = self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id})
         if not found:
-            raise http_error(404, f"series '{image_id}' is not in the PACS {self.pacs.url}.")
+            raise http_error(
+                404,
+                sentence(f"no series {image_id} in the PACS {self.pacs.url}", fix="GET /datastore/ lists the worklist"),
+            )
         return str(_value(found[0], "StudyInstanceUID"))
 
     def _download(self, image_id: str) -> Path:
-        """The series' instances in the cache (``<cache>/<series uid>/``), retrieved (WADO-RS) if not there yet."""
+        """The series' instances in the cache (``<cache>/<series uid>/``), retrieved (WADO-RS) if not there yet or if
+        the PACS now holds another number of instances."""
         target = self._series_dir(image_id)
-        if target.is_dir() and any(target.iterdir()):
+        if target.is_dir() and any(target.iterdir()) and self._instances_in_pacs(image_id) in (None, _count(target)):
             return target
         study = self._study_of(image_id)
         partial = temporary_folder(target.parent, "download")
@@ -153,6 +163,25 @@ class PacsDatastore(DICOMWebDatastore):
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return target
+
+    def is_retrieved(self, image_id: str) -> bool:
+        """Whether the series is in the cache (converted, or its instances retrieved): using it costs the PACS
+        nothing."""
+        nifti = Path(self._datastore.image_path()) / f"{image_id}.nii.gz"
+        folder = self._series_dir(image_id)
+        return nifti.is_file() or (folder.is_dir() and any(folder.iterdir()))
+
+    def _instances_in_pacs(self, image_id: str) -> int | None:
+        """The series' number of instances in the worklist search (None: not listed or not said)."""
+        for series in self._series_list.get():
+            if str(_value(series, "SeriesInstanceUID")) == image_id:
+                count = _value(series, "NumberOfSeriesRelatedInstances")
+                return int(count) if count is not None else None
+        return None
+
+    def image_version(self, image_id: str) -> str:
+        """What changes when the series changes in the PACS: its number of instances (from the worklist search)."""
+        return f"instances={self._instances_in_pacs(image_id)}"
 
     def get_image_uri(self, image_id: str) -> str:
         """The NIfTI of a series (4D for a cine), retrieved and converted by the bundle on first use."""
@@ -173,8 +202,10 @@ class PacsDatastore(DICOMWebDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         raise http_error(
             405,
-            f"the datastore is the PACS {self.pacs.url}: send images to the PACS (DICOM C-STORE or STOW-RS); this "
-            "server does not upload them.",
+            sentence(
+                f"uploads are refused: the datastore is the PACS {self.pacs.url}",
+                fix="send images to the PACS (DICOM C-STORE or STOW-RS)",
+            ),
         )
 
     # labels ----------------------------------------------------------------------------------------------------
@@ -190,15 +221,21 @@ class PacsDatastore(DICOMWebDatastore):
             response = self._client.store_instances(datasets)
         except requests.exceptions.RequestException as e:
             status = getattr(getattr(e, "response", None), "status_code", None)
+            cause = f"HTTP {status}" if status else type(e).__name__
             raise http_error(
-                502, f"the PACS {self.pacs.url} did not store the DICOM-SEG of series {image_id}: {status or e}."
+                502,
+                sentence(f"the PACS {self.pacs.url} did not store the DICOM-SEG of series {image_id} ({cause})"),
+                str(e),
             ) from e
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
             raise http_error(
-                502, f"the PACS {self.pacs.url} refused {len(failed)} of {len(datasets)} DICOM-SEG instance(s) of "
-                f"series {image_id}.",
-            )  # fmt: skip
+                502,
+                sentence(
+                    f"the PACS {self.pacs.url} refused {len(failed)} of {len(datasets)} DICOM-SEG instance(s) of "
+                    f"series {image_id}"
+                ),
+            )
         return str(datasets[0].SeriesInstanceUID)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:

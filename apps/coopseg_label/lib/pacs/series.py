@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle_code import bundle_module
-from ..errors import http_error
+from ..errors import http_error, problem_of, sentence
 from ..nifti import save_nifti
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,14 @@ def _compact(image: np.ndarray) -> np.ndarray:
 def series_to_nifti(bundle: Path, series_dir: Path, name: str, target: Path) -> dict[str, Any]:
     """Convert the series in ``series_dir`` to the NIfTI ``target`` (4D for a cine); returns its datastore info.
 
-    A series the bundle cannot use (not MR, not a short-axis stack, inconsistent geometry) is an HTTP 422 naming
-    ``name`` and the problem.
+    A series the bundle cannot use (not MR, not a short-axis stack, inconsistent geometry) is an HTTP 422 that says
+    the problem and names ``name`` (the cache folder stays in the server log).
     """
     dicom = bundle_module(bundle, "inference.dicom")
     try:
         image, grid = dicom.read_dicom_series(series_dir)
     except dicom.VolumeError as e:
-        raise http_error(422, f"series {name}: {e}") from e
+        raise http_error(422, sentence(problem_of(e), f"in series {name}"), str(e)) from e
     cine = grid.shape[3] > 1
     save_nifti(_compact(image if cine else image[..., 0]), grid.affine, target)
     first = grid.headers[0][0]
@@ -71,7 +71,8 @@ def label_to_dicom_seg(bundle: Path, label_file: str, series_dir: Path, name: st
         codes = np.moveaxis(np.asarray(label), 0, -1)  # F, H, W, D -> H, W, D, F
         return dicom.write_dicom_seg(codes, grid, out_dir / "seg.dcm", affine=np.asarray(label.affine))
     except (volumes.VolumeError, dicom.VolumeError) as e:
-        raise http_error(422, f"label for series {name} not stored in the PACS: {e}") from e
+        cause = problem_of(e, f"label for series {name}")
+        raise http_error(422, sentence(cause, f"for series {name}", "nothing was stored"), str(e)) from e
 
 
 def temporary_folder(root: Path, prefix: str) -> Path:
