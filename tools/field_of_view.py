@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0.
 """The field-of-view study: which training window makes whole-slice deployment work, measured on the main job.
 
-Each variant is the README's main job (train.json's defaults on the synthetic phantom: 30 training, 5 validation
-subjects) with a few overrides, followed by the evaluation of its ``model.pt`` on the 20 source test subjects through
+Each variant is the README's main job (train.json's defaults on the synthetic phantom: 30 training subjects; 5
+validation subjects, the main job's number when the study ran) with a few overrides, followed by the evaluation of its ``model.pt`` on the 20 source test subjects through
 the deployment path (whole slices, as the inference workflow and the app segment them). A finished variant writes
 ``docs/results/field_of_view/<variant>.json`` (training cost, validation Dice per epoch, test metrics of FTN, FTN + STN
 and FTN + STN + clean-up); ``README.md`` there is rebuilt from those files. Started again, finished variants are
@@ -40,6 +40,9 @@ from tools.robustness.experiment import evaluation_command, run_logged, training
 logger = logging.getLogger("field_of_view")
 
 RESULTS = REPO / "docs" / "results" / "field_of_view"
+# the phantom split every variant trains, validates and is tested on (the main job's, before it validated on 20
+# subjects): the variants stay comparable with one another
+STUDY_SPLIT = {"training": 30, "validation": 5, "test": 20}
 RUNS = BUNDLE / "runs" / "field_of_view"
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        dataset = ensure_synthetic_dataset(split=config_value(BUNDLE / "configs" / "train.json", "synthetic_split"))
+        dataset = ensure_synthetic_dataset(split=STUDY_SPLIT)
         for name in args.variants:
             path = RESULTS / f"{name}.json"
             if path.is_file():
