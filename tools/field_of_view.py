@@ -3,8 +3,9 @@
 """The field-of-view study: which training window makes whole-slice deployment work, measured on the main job.
 
 Each variant is the README's main job (train.json's defaults on the synthetic phantom: 30 training subjects; 5
-validation subjects, the main job's number when the study ran) with a few overrides, followed by the evaluation of its ``model.pt`` on the 20 source test subjects through
-the deployment path (whole slices, as the inference workflow and the app segment them). A finished variant writes
+validation subjects, the main job's number when the study ran) with a few overrides, followed by the evaluation of
+its ``model.pt`` on the 20 source test subjects through the deployment path (whole slices, as the inference workflow
+and the app segment them). A finished variant writes
 ``docs/results/field_of_view/<variant>.json`` (training cost, validation Dice per epoch, test metrics of FTN, FTN + STN
 and FTN + STN + clean-up); ``README.md`` there is rebuilt from those files. Started again, finished variants are
 skipped, so the study resumes on any machine. Checkpoints and logs stay in ``bundle/runs/field_of_view/`` (git-ignored).
