@@ -191,6 +191,53 @@ def cleanup_comparison(model: Path, datalist: Path, key: str = "validation") -> 
     }
 
 
+def comparison_figure(variants: Sequence[str], image: Path, label: Path, path: Path, slices: int = 3) -> Path:
+    """One test volume segmented by each variant's ``model.pt`` through the deployment pipeline: a row per variant
+    (FTN + STN with the deployed clean-up), ``slices`` slices from base to apex, the reference outline in white."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from monai.transforms import LoadImage
+
+    from scripts.evaluation.report import save_figure
+    from scripts.inference.deployment import DeploymentConfig
+    from scripts.labels import LABELS
+    from scripts.weights import load_weights
+
+    deployment = DeploymentConfig(BUNDLE / "configs" / "inference.json", {"bundle_root": str(BUNDLE)})
+    parser = ConfigParser(ConfigParser.load_config_file(str(BUNDLE / "configs" / "inference.json")))
+    parser["bundle_root"] = str(BUNDLE)
+    pipeline = deployment.label_postprocessing()
+    picture = np.asarray(LoadImage(image_only=True)(str(image)))
+    reference = np.asarray(LoadImage(image_only=True)(str(label)))
+    labelled = [k for k in range(reference.shape[-1]) if reference[..., k].any()]
+    chosen = [labelled[int(i)] for i in np.linspace(0, len(labelled) - 1, slices)]
+    colours = np.zeros((len(LABELS) + 1, 4))
+    for lbl in LABELS:
+        colours[lbl.code] = [*(c / 255 for c in lbl.color), 0.55]
+    fig, axes = plt.subplots(len(variants), slices, figsize=(3.2 * slices, 3.2 * len(variants)), squeeze=False)
+    for row, name in enumerate(variants):
+        net = parser.get_parsed_content("network_def")
+        load_weights(net, RUNS / name / "models" / "model.pt", "cpu")
+        net.eval()
+        item = deployment.preprocessing({"image": str(image)})
+        pred = pipeline({"image": item["image"], "pred": deployment.inferer(item["image"][None], net)[0]})["pred"]
+        pred = np.asarray(pred[0])
+        for col, k in enumerate(chosen):
+            ax = axes[row, col]
+            ax.imshow(picture[..., k].T, cmap="gray", origin="lower")
+            ax.imshow(colours[pred[..., k].T.astype(int)], origin="lower")
+            ax.contour(reference[..., k].T > 0, levels=[0.5], colors="white", linewidths=0.7, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(name)
+    fig.suptitle(f"{image.name}: FTN + STN as deployed (colours), reference outline (white)", fontsize=9)
+    return save_figure(fig, path)
+
+
 def _volume_rows(path: Path) -> list[dict[str, Any]]:
     from scripts.evaluation.report import read_csv
 
@@ -249,10 +296,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override train.json's epochs for every variant")
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument("--cleanup", choices=list(VARIANTS), help="compare the label clean-up switches on validation")
+    parser.add_argument("--figure", nargs="+", choices=list(VARIANTS), help="draw a test volume segmented by these")
+    parser.add_argument("--subject", default="te010_ES", help="the test volume of --figure (<subject>_<frame>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.cleanup:
+    if args.figure:
+        test = ensure_synthetic_dataset(split=STUDY_SPLIT) / "test"
+        subject = args.subject.split("_")[0]
+        image, label = test / subject / f"{args.subject}.nii.gz", test / subject / f"{args.subject}_gt.nii.gz"
+        logger.info("figure: %s", comparison_figure(args.figure, image, label, RESULTS / "whole_slice.png"))
+    elif args.cleanup:
         split = config_value(BUNDLE / "configs" / "train.json", "synthetic_split")
         datalist = ensure_synthetic_dataset(split=split) / "datalist.json"
         settings = cleanup_comparison(RUNS / args.cleanup / "models" / "model.pt", datalist)
