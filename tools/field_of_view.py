@@ -56,38 +56,29 @@ RUNS = BUNDLE / "runs" / "field_of_view"
 VARIANTS: dict[str, dict[str, Any]] = {
     "centre_96": {
         "what": "the reference's window: slices padded to 112 px, augmented, centre crop of 96 px at 1.367 mm (131 mm)",
-        "overrides": {"sampling": "centre"},
+        "overrides": {"sampling": "centre", "empty_slices": "replace"},
     },
     "whole_96": {
         "what": "96 px patches at 1.367 mm (131 mm) drawn over the whole slice, half centred on the heart",
-        "overrides": {"sampling": "whole_slice"},
+        "overrides": {"sampling": "whole_slice", "empty_slices": "replace"},
     },
     "whole_2mm_64": {
         "what": "64 px patches at 2 mm (128 mm) drawn over the whole slice, half centred on the heart",
-        "overrides": {"sampling": "whole_slice", "pixdim": [2.0, 2.0, -1], "crop_size": 64},
-    },
-    "whole_2mm_96": {
-        "what": "96 px patches at 2 mm (192 mm) drawn over the whole slice, half centred on the heart",
-        "overrides": {"sampling": "whole_slice", "pixdim": [2.0, 2.0, -1]},
-    },
-    "whole_2mm_64_8ep": {
-        "what": "as whole_2mm_64, 8 epochs (about the main job's wall time at 96 px and 3 epochs)",
-        "overrides": {"sampling": "whole_slice", "pixdim": [2.0, 2.0, -1], "crop_size": 64},
-        "epochs": 8,
+        "overrides": {"sampling": "whole_slice", "empty_slices": "replace", "pixdim": [2.0, 2.0, -1], "crop_size": 64},
     },
     "whole_96_6ep": {
-        "what": "as whole_96, 6 epochs (the learning curve of the chosen window)",
-        "overrides": {"sampling": "whole_slice"},
+        "what": "as whole_96, 6 epochs",
+        "overrides": {"sampling": "whole_slice", "empty_slices": "replace"},
         "epochs": 6,
     },
-    "whole_96_12ep": {
-        "what": "as whole_96, 12 epochs (the learning curve of the chosen window)",
-        "overrides": {"sampling": "whole_slice"},
-        "epochs": 12,
+    "whole_96_empty": {
+        "what": "as whole_96, and slices without a label (atria above the base, below the apex) trained on as they are",
+        "overrides": {"sampling": "whole_slice", "empty_slices": "keep"},
     },
-    "whole_96_pos67": {
-        "what": "as whole_96, two thirds of the patches centred on the heart",
-        "overrides": {"sampling": "whole_slice", "positive_fraction": 0.67},
+    "whole_96_empty_6ep": {
+        "what": "as whole_96_empty, 6 epochs",
+        "overrides": {"sampling": "whole_slice", "empty_slices": "keep"},
+        "epochs": 6,
     },
 }
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld
 
 from scripts.data.datalist import DatasetError, ensure_synthetic_dataset, resolve_datalists
 from scripts.data.slices import VolumeSliceDataset
@@ -109,7 +110,7 @@ def test_training_validation_names_the_problem(tmp_path: Path, case: str, match:
     assert "x" in str(info.value) and ".nii.gz" in str(info.value)
 
 
-def test_slice_dataset_never_serves_empty_slices(tmp_path: Path) -> None:
+def test_slice_dataset_replace_rule_never_serves_empty_slices(tmp_path: Path) -> None:
     entry = _pair(tmp_path, "v")  # slices 1 and 2 labelled, 0 and 3 empty
     dataset = VolumeSliceDataset([entry], volume_transform=LOAD, progress=False)
     dataset.set_random_state(0)
@@ -123,3 +124,17 @@ def test_slice_dataset_never_serves_empty_slices(tmp_path: Path) -> None:
     empty = _pair(tmp_path, "e", label=np.zeros((24, 24, 4), np.uint8))
     with pytest.raises(ValueError, match="e_gt.nii.gz has no foreground"):
         VolumeSliceDataset([empty], volume_transform=LOAD, progress=False)
+
+
+def test_slice_dataset_keep_rule_trains_on_slices_without_a_label(tmp_path: Path) -> None:
+    entry = _pair(tmp_path, "v")  # slices 1 and 2 labelled, 0 and 3 empty: the atria above the base, say
+    patch = RandCropByPosNegLabeld(["image", "label"], "label", spatial_size=(16, 16), pos=1.0, neg=1.0)
+    dataset = VolumeSliceDataset([entry], LOAD, Compose([patch], map_items=2), empty_slices="keep", progress=False)
+    dataset.set_random_state(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the sampler's "no foreground" warning is expected and kept quiet
+        served = [dataset[i] for i in range(4)]
+    assert [s["slice_index"] for s in served] == [0, 1, 2, 3]
+    assert not served[0]["label"].any() and not served[3]["label"].any() and served[0]["image"].shape == (1, 16, 16)
+    with pytest.raises(ValueError, match="empty_slices must be one of"):
+        VolumeSliceDataset([entry], LOAD, empty_slices="drop", progress=False)
