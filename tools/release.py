@@ -36,7 +36,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from monai.bundle import ConfigParser, ckpt_export
+
+from scripts.files import atomic_path, write_text_atomic
+
 from . import BUNDLE
+from .zoo_checks import run_checks, version_key
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -81,9 +88,7 @@ def write_checksums(bundle_dir: str | os.PathLike) -> Path:
     root = Path(bundle_dir)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE)
     lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files]
-    target = root / CHECKSUM_FILE
-    target.write_text("".join(lines))
-    return target
+    return write_text_atomic(root / CHECKSUM_FILE, "".join(lines))
 
 
 def verify_checksums(bundle_dir: str | os.PathLike) -> int:
@@ -123,27 +128,19 @@ def verify_checksums(bundle_dir: str | os.PathLike) -> int:
 
 def read_large_files(bundle_root: str | os.PathLike) -> dict[str, Any]:
     """``large_files.yml`` as a dict (``{"version": ..., "large_files": [...]}``); empty if absent."""
-    import yaml
-
     path = Path(bundle_root) / LARGE_FILES
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _write_large_files(path: Path, version: str, entries: list[dict[str, str]]) -> None:
-    import yaml
-
     header = (
         "# Weights of the released bundle (never in git), for `python -m monai.bundle download_large_files`.\n"
         "# Written by `python -m tools.release package`; `version` is the last released bundle version.\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump({"version": version, "large_files": entries}, sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, header + yaml.safe_dump({"version": version, "large_files": entries}, sort_keys=False))
 
 
 def _check_version(meta: dict[str, Any], released: str | None) -> str:
-    from .zoo_checks import version_key
-
     version, changelog = meta.get("version"), meta.get("changelog") or {}
     if not version or version not in changelog:
         raise ReleaseError(f"metadata version {version!r} has no changelog entry: add one to configs/metadata.json.")
@@ -159,9 +156,6 @@ def _check_version(meta: dict[str, Any], released: str | None) -> str:
 
 
 def _check_weights(bundle_root: Path) -> None:
-    import torch
-    from monai.bundle import ConfigParser
-
     weights = bundle_root / "models" / "model.pt"
     if not weights.is_file():
         raise ReleaseError(
@@ -179,8 +173,6 @@ def _check_weights(bundle_root: Path) -> None:
 
 
 def _stage(bundle_root: Path, stage: Path) -> None:
-    from monai.bundle import ckpt_export
-
     for item in CONTENT:
         source = bundle_root / item
         if source.is_dir():
@@ -202,12 +194,10 @@ def _stage(bundle_root: Path, stage: Path) -> None:
 
 
 def _zip(stage: Path, target: Path, top: str) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with atomic_path(target, overwrite=False) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for path in sorted(stage.rglob("*")):
             if path.is_file():
-                archive.write(path, f"{top}/{path.relative_to(stage).as_posix()}")
-    tmp.replace(target)
+                z.write(path, f"{top}/{path.relative_to(stage).as_posix()}")
 
 
 def package(
@@ -218,8 +208,6 @@ def package(
     record: bool = True,
 ) -> Path:
     """Build and return ``<out_dir>/<name>_v<version>.zip``; see the module docstring for contents and refusals."""
-    from .zoo_checks import run_checks
-
     bundle_root, out_dir = Path(bundle_root).resolve(), Path(out_dir).resolve()
     if not url_base.startswith(("http://", "https://")):
         raise ReleaseError(f"url_base must be an http(s) URL where the weights will be published, got {url_base!r}.")
@@ -246,7 +234,7 @@ def package(
         _zip(stage, archive, name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    (archive.with_name(archive.name + ".sha256")).write_text(f"{sha256_file(archive)}  {archive.name}\n")
+    write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{sha256_file(archive)}  {archive.name}\n")
     if record:
         _write_large_files(bundle_root / LARGE_FILES, version, entries)
     logger.info("packaged %s (%d bytes); upload it with models/model.pt and models/model.ts to %s",

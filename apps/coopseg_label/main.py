@@ -58,8 +58,8 @@ logger = logging.getLogger(__name__)
 MODELS = {"coopseg": True, "coopseg_fast": False}  # name -> STN refinement
 DEFAULT_SCORING_RETRIEVALS = 2  # series a background scoring pass may retrieve from a PACS
 NO_WEIGHTS = (
-    "NO TRAINED WEIGHTS YET: no models/model.pt or models/model.ts in the served bundle; run the main job or download "
-    "the pretrained bundle (GET /info/)."
+    "NO TRAINED WEIGHTS YET: no models/model.pt or models/model.ts in the served bundle; run the training command or "
+    "download the pretrained bundle (GET /info/)."
 )
 
 
@@ -77,9 +77,8 @@ class CoopSegApp(MONAILabelApp):
         # before MONAI Label's worker threads allocate, so inference in them reuses freed memory
         bundle_module(self.workspace.source, "cpu_memory").single_malloc_arena()
         metadata = json.loads((self.workspace.source / "configs" / "metadata.json").read_text())
-        channels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
-        self.num_classes = len(channels)
-        labels = [name for code, name in sorted(channels.items(), key=lambda kv: int(kv[0])) if int(code) > 0]
+        labels = bundle_module(self.workspace.source, "labels")
+        self.num_classes = labels.NUM_CLASSES
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -88,7 +87,7 @@ class CoopSegApp(MONAILabelApp):
             description="LV blood pool, LV myocardium and RV blood pool in cardiac short-axis cine MR (FTN + STN, "
             "cooperative training). Research use only.",
             version=metadata.get("version", ""),
-            labels=labels,
+            labels=[label.name for label in labels.LABELS],
         )
 
     # tasks -----------------------------------------------------------------------------------------------------
