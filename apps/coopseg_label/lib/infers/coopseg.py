@@ -42,14 +42,19 @@ class CoopSegInferTask(BundleInferTask):
     bundle's ``network_def`` with these weights, loaded strictly) if it exists, else ``models/model.ts``
     (TorchScript); a changed file (fine-tuning) is reloaded. The result params hold
     ``volumes_ml``, ``function`` (cine) and ``quality`` (see :func:`lib.infers.results.result_params`).
+    ``retain_cpu_memory=False`` sets the bundle config's switch of that name: the inferer leaves glibc's malloc alone.
     """
 
-    def __init__(self, path: str, conf: dict[str, str], refine: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, conf: dict[str, str], refine: bool = True, retain_cpu_memory: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(path, conf, type=InferType.SEGMENTATION, load_strict=True, **kwargs)
         if not self.is_valid():
             raise FileNotFoundError(f"{path}: no configs/inference.json or no weights in models/.")
         self.refine = refine
         self.bundle_config["refine"] = refine
+        if not retain_cpu_memory:
+            self.bundle_config["retain_cpu_memory"] = False
         self.description = (
             "CoopSeg FTN + STN: the fast-thinking network's mask refined by the slow-thinking shape network"
             if refine
