@@ -18,8 +18,8 @@ writes), ``cpu_memory`` (glibc's allocator policy), ``figures`` (matplotlib back
 
 Dependencies point one way, down :data:`LAYERS`: a module imports from its own layer or from lower ones, never from
 a higher one, and the import graph has no cycle. Imports sit at the top of each module; only the packages of
-:data:`DEFERRED_IMPORTS` are imported inside the functions that need them. ``tests/test_layers.py`` checks all three.
-Nothing is imported eagerly by this package: configs name what they use by ``_target_``.
+:data:`DEFERRED_IMPORTS` are imported inside the functions that need them (the source repository's tests check all
+three). Nothing is imported eagerly by this package: configs name what they use by ``_target_``.
 """
 
 from pathlib import Path
