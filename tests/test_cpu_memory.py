@@ -204,3 +204,27 @@ def test_configs_wire_the_setting() -> None:
     assert train["retain_cpu_memory"] is True and infer["retain_cpu_memory"] is True
     assert train["train"]["trainer"]["retain_cpu_memory"] == "@retain_cpu_memory"
     assert infer["inferer"]["retain_cpu_memory"] == "@retain_cpu_memory"
+
+
+class _FakeLibc:
+    """A C library whose ``mallopt`` answers ``answer`` and records its calls."""
+
+    def __init__(self, answer: int) -> None:
+        self.answer, self.calls = answer, []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return self.answer
+
+
+@pytest.mark.parametrize("libc", [None, _FakeLibc(0)], ids=["not glibc", "mallopt refuses"])
+def test_without_glibc_or_when_mallopt_refuses_nothing_is_claimed(monkeypatch: pytest.MonkeyPatch, libc) -> None:
+    """The fallback where the allocator cannot be switched: both calls report False and the process goes on."""
+    import scripts.cpu_memory as cpu_memory
+
+    monkeypatch.setattr(cpu_memory, "_glibc", lambda: libc)
+    monkeypatch.setattr(cpu_memory, "_applied", None)  # as in a fresh process
+    assert cpu_memory.retain_freed_memory() is False
+    assert cpu_memory.single_malloc_arena() is False
+    if libc is not None:
+        assert libc.calls[0] == (cpu_memory._M_MMAP_THRESHOLD, cpu_memory.MMAP_THRESHOLD)

@@ -14,7 +14,9 @@ Upload the archive, ``models/model.pt`` and ``models/model.ts`` to ``url_base``.
 Refusals (:class:`ReleaseError`, nothing written): no ``models/model.pt``, or one that does not load into
 ``network_def``; a ``version`` that is not the newest ``changelog`` entry (bump both first); a version already released
 (not newer than the ``version`` recorded in ``large_files.yml``, or an archive of that name exists); any failing
-model-zoo check (:mod:`tools.zoo_checks`) on the staged bundle.
+model-zoo check (:mod:`tools.zoo_checks`) on the staged bundle; a staged file citing what the archive does not hold
+(:func:`unresolved_citations`: a relative link, a cited bundle file or ``docs/method.md`` section, or a path of the
+repository outside the bundle in its documents).
 
 Verify a downloaded bundle (before loading it)::
 
@@ -29,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -36,7 +39,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from monai.bundle import ConfigParser, ckpt_export
+
+from scripts.files import atomic_path, write_text_atomic
+
 from . import BUNDLE
+from .zoo_checks import run_checks, version_key
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -47,6 +57,7 @@ __all__ = [
     "verify_checksums",
     "read_large_files",
     "package",
+    "unresolved_citations",
     "main",
 ]
 
@@ -81,9 +92,7 @@ def write_checksums(bundle_dir: str | os.PathLike) -> Path:
     root = Path(bundle_dir)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE)
     lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files]
-    target = root / CHECKSUM_FILE
-    target.write_text("".join(lines))
-    return target
+    return write_text_atomic(root / CHECKSUM_FILE, "".join(lines))
 
 
 def verify_checksums(bundle_dir: str | os.PathLike) -> int:
@@ -123,27 +132,64 @@ def verify_checksums(bundle_dir: str | os.PathLike) -> int:
 
 def read_large_files(bundle_root: str | os.PathLike) -> dict[str, Any]:
     """``large_files.yml`` as a dict (``{"version": ..., "large_files": [...]}``); empty if absent."""
-    import yaml
-
     path = Path(bundle_root) / LARGE_FILES
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _write_large_files(path: Path, version: str, entries: list[dict[str, str]]) -> None:
-    import yaml
-
     header = (
         "# Weights of the released bundle (never in git), for `python -m monai.bundle download_large_files`.\n"
         "# Written by `python -m tools.release package`; `version` is the last released bundle version.\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump({"version": version, "large_files": entries}, sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, header + yaml.safe_dump({"version": version, "large_files": entries}, sort_keys=False))
+
+
+_TEXT = (".md", ".py", ".json", ".yml", ".yaml", ".conf")
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_CITED = re.compile(r"(?<![\w./<-])(([\w-]+)/(?:[\w-]+/)*[\w-]+\.(?:md|py|json|yml|yaml|conf))(?![\w/<>*])")
+_SECTION = re.compile(r"docs/method\.md,? sections? (\d+(?:\.\d+)?(?:(?:,| and) \d+(?:\.\d+)?)*)")
+_HEADING = re.compile(r"^#{2,4} (\d+(?:\.\d+)?) ", re.MULTILINE)
+_REPOSITORY_ONLY = re.compile(
+    r"(?<![\w.-])(?:\.\./|bundle/|tools/|bench/|apps/|tests/|docs/results|docs/evaluation\.md)"
+)
+"""Paths outside the bundle (relative to the repository root): a released document may not name them."""
+
+
+def unresolved_citations(bundle_dir: str | os.PathLike) -> list[str]:
+    """What the bundle's own files cite but the bundle does not hold, one ``"<file>: <problem>"`` each.
+
+    Checked in every text file (``.md``, ``.py``, ``.json``, ``.yml``, ``.conf``): relative markdown links (to the
+    linking file); cited files under a folder of the bundle (``docs/method.md``, ``configs/train.json``,
+    ``scripts/...``; relative to the bundle root, to ``scripts/`` as ``docs/method.md`` names code, or to the citing
+    file) and the sections of ``docs/method.md`` they cite; in the documents (``.md``), no path of the repository
+    outside the bundle.
+    """
+    root = Path(bundle_dir)
+    method = root / "docs" / "method.md"
+    sections = set(_HEADING.findall(method.read_text())) if method.is_file() else set()
+    problems = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _TEXT):
+        text, name = path.read_text(errors="replace"), path.relative_to(root).as_posix()
+        targets = [(t.split("#")[0], path.parent) for t in _LINK.findall(text) if path.suffix == ".md"]
+        targets = [(t, base) for t, base in targets if t and "://" not in t and not t.startswith("mailto:")]
+        for target, base in targets:
+            if not (base / target).exists():
+                problems.append(f"{name}: link {target} not in the bundle")
+        bases = (root, root / "scripts", path.parent)
+        for cited, folder in set(_CITED.findall(text)):
+            known = any((base / folder).is_dir() for base in bases)  # else a path elsewhere (the reference's code)
+            if known and not any((base / cited).exists() for base in bases):
+                problems.append(f"{name}: cites {cited}, not in the bundle")
+        for group in _SECTION.findall(text):
+            for number in re.split(r",| and", group):
+                if number.strip() not in sections:
+                    problems.append(f"{name}: cites docs/method.md section {number.strip()}, which it does not have")
+        if path.suffix == ".md":
+            problems += [f"{name}: names {m.group(0)!r} outside the bundle" for m in _REPOSITORY_ONLY.finditer(text)]
+    return problems
 
 
 def _check_version(meta: dict[str, Any], released: str | None) -> str:
-    from .zoo_checks import version_key
-
     version, changelog = meta.get("version"), meta.get("changelog") or {}
     if not version or version not in changelog:
         raise ReleaseError(f"metadata version {version!r} has no changelog entry: add one to configs/metadata.json.")
@@ -159,9 +205,6 @@ def _check_version(meta: dict[str, Any], released: str | None) -> str:
 
 
 def _check_weights(bundle_root: Path) -> None:
-    import torch
-    from monai.bundle import ConfigParser
-
     weights = bundle_root / "models" / "model.pt"
     if not weights.is_file():
         raise ReleaseError(
@@ -179,8 +222,6 @@ def _check_weights(bundle_root: Path) -> None:
 
 
 def _stage(bundle_root: Path, stage: Path) -> None:
-    from monai.bundle import ckpt_export
-
     for item in CONTENT:
         source = bundle_root / item
         if source.is_dir():
@@ -202,12 +243,10 @@ def _stage(bundle_root: Path, stage: Path) -> None:
 
 
 def _zip(stage: Path, target: Path, top: str) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with atomic_path(target, overwrite=False) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for path in sorted(stage.rglob("*")):
             if path.is_file():
-                archive.write(path, f"{top}/{path.relative_to(stage).as_posix()}")
-    tmp.replace(target)
+                z.write(path, f"{top}/{path.relative_to(stage).as_posix()}")
 
 
 def package(
@@ -218,8 +257,6 @@ def package(
     record: bool = True,
 ) -> Path:
     """Build and return ``<out_dir>/<name>_v<version>.zip``; see the module docstring for contents and refusals."""
-    from .zoo_checks import run_checks
-
     bundle_root, out_dir = Path(bundle_root).resolve(), Path(out_dir).resolve()
     if not url_base.startswith(("http://", "https://")):
         raise ReleaseError(f"url_base must be an http(s) URL where the weights will be published, got {url_base!r}.")
@@ -242,11 +279,14 @@ def package(
         failed = [r for r in run_checks(stage) if not r.ok]
         if failed:
             raise ReleaseError("model-zoo checks failed: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
+        unresolved = unresolved_citations(stage)
+        if unresolved:
+            raise ReleaseError("the bundle cites what it does not hold: " + "; ".join(unresolved))
         write_checksums(stage)
         _zip(stage, archive, name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    (archive.with_name(archive.name + ".sha256")).write_text(f"{sha256_file(archive)}  {archive.name}\n")
+    write_text_atomic(archive.with_name(archive.name + ".sha256"), f"{sha256_file(archive)}  {archive.name}\n")
     if record:
         _write_large_files(bundle_root / LARGE_FILES, version, entries)
     logger.info("packaged %s (%d bytes); upload it with models/model.pt and models/model.ts to %s",

@@ -16,8 +16,9 @@ Options (``--conf key value``): ``bundle_path`` (default ``$COOPSEG_BUNDLE`` or 
 ``skip_strategies`` and ``skip_scoring`` (``true`` for an inference-only deployment), ``lease_minutes`` (how long
 the ``disagreement`` strategy keeps an image it handed out from being handed out again; default 60),
 ``scoring_retrievals`` (how many series not yet retrieved from a PACS one background scoring pass may retrieve;
-default 2) and ``scoring_retrieve_at_start`` (``true`` lets the pass at start retrieve too; by default it scores only
-the series already in the cache).
+default 2), ``scoring_retrieve_at_start`` (``true`` lets the pass at start retrieve too; by default it scores only
+the series already in the cache) and ``retain_cpu_memory`` (``false`` leaves glibc's malloc as it is: no single
+arena for the worker threads, no kept freed memory in inference; ``scripts.cpu_memory``).
 
 Everything runs through the bundle: ``configs/inference.json`` for inference (``lib/infers``),
 ``configs/train.json`` and ``scripts.engine.trainer.CooperativeTrainer`` for training (``lib/trainers``),
@@ -58,13 +59,13 @@ logger = logging.getLogger(__name__)
 MODELS = {"coopseg": True, "coopseg_fast": False}  # name -> STN refinement
 DEFAULT_SCORING_RETRIEVALS = 2  # series a background scoring pass may retrieve from a PACS
 NO_WEIGHTS = (
-    "NO TRAINED WEIGHTS YET: no models/model.pt or models/model.ts in the served bundle; run the main job or download "
-    "the pretrained bundle (GET /info/)."
+    "NO TRAINED WEIGHTS YET: no models/model.pt or models/model.ts in the served bundle; run the training command or "
+    "download the pretrained bundle (GET /info/)."
 )
 
 
-def _flag(conf: dict[str, str], key: str) -> bool:
-    return str(conf.get(key, "false")).lower() in ("true", "1", "yes")
+def _flag(conf: dict[str, str], key: str, default: str = "false") -> bool:
+    return str(conf.get(key, default)).lower() in ("true", "1", "yes")
 
 
 class CoopSegApp(MONAILabelApp):
@@ -74,12 +75,12 @@ class CoopSegApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         check_bind_host(sys.argv, settings.MONAI_LABEL_AUTH_ENABLE)
         self.workspace = Workspace(resolve_source_bundle(conf, app_dir), resolve_model_dir(conf, app_dir)).prepare()
-        # before MONAI Label's worker threads allocate, so inference in them reuses freed memory
-        bundle_module(self.workspace.source, "cpu_memory").single_malloc_arena()
+        self.retain_cpu_memory = _flag(conf, "retain_cpu_memory", "true")
+        if self.retain_cpu_memory:  # before MONAI Label's worker threads allocate, so they reuse freed memory
+            bundle_module(self.workspace.source, "cpu_memory").single_malloc_arena()
         metadata = json.loads((self.workspace.source / "configs" / "metadata.json").read_text())
-        channels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
-        self.num_classes = len(channels)
-        labels = [name for code, name in sorted(channels.items(), key=lambda kv: int(kv[0])) if int(code) > 0]
+        labels = bundle_module(self.workspace.source, "labels")
+        self.num_classes = labels.NUM_CLASSES
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -88,7 +89,7 @@ class CoopSegApp(MONAILabelApp):
             description="LV blood pool, LV myocardium and RV blood pool in cardiac short-axis cine MR (FTN + STN, "
             "cooperative training). Research use only.",
             version=metadata.get("version", ""),
-            labels=labels,
+            labels=[label.name for label in labels.LABELS],
         )
 
     # tasks -----------------------------------------------------------------------------------------------------
@@ -114,7 +115,8 @@ class CoopSegApp(MONAILabelApp):
         if self.workspace.weights() is None:
             logger.warning(self.workspace.status()["message"])
             return {}
-        return {name: CoopSegInferTask(str(self.workspace.path), self.conf, refine=r) for name, r in MODELS.items()}
+        path, retain = str(self.workspace.path), self.retain_cpu_memory
+        return {name: CoopSegInferTask(path, self.conf, refine, retain) for name, refine in MODELS.items()}
 
     def init_trainers(self) -> dict[str, TrainTask]:
         if _flag(self.conf, "skip_trainers"):

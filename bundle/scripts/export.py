@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser, onnx_export
 
 __all__ = ["DYNAMIC_AXES", "export_onnx", "compare_onnx", "main"]
 
@@ -29,8 +30,6 @@ CHECK_SHAPES = ((1, 1, 64, 80), (2, 1, 96, 96))
 
 
 def _network(config_file: str, ckpt_file: str, refine: bool, **override: object) -> torch.nn.Module:
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(config_file)
     for key, value in override.items():
@@ -74,8 +73,6 @@ def export_onnx(
     sets config ids (e.g. ``width=4``). Raises ``AssertionError`` if onnxruntime's output differs by more than
     ``tolerance`` (relative to the largest logit).
     """
-    from monai.bundle import onnx_export
-
     config_file = config_file or str(BUNDLE / "configs" / "inference.json")
     meta_file = meta_file or str(BUNDLE / "configs" / "metadata.json")
     Path(filepath).parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ code, the abbreviation used in tables and logs, a description, the display colou
 property type (SNOMED CT). Every other module, the MONAI Label app included, takes labels from here.
 
 Label maps everywhere hold these integer codes (0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool).
+The class count (the network's output channels) follows from them: :data:`NUM_CLASSES`, which the configs'
+``num_classes`` reads through :func:`num_classes`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "channel_names",
     "color_table",
     "load_labels",
+    "num_classes",
 ]
 
 METADATA_FILE = Path(__file__).resolve().parent.parent / "configs" / "metadata.json"
@@ -61,7 +64,10 @@ class Label:
 @lru_cache(maxsize=8)
 def _load(path: str) -> tuple[Label, ...]:
     meta = json.loads(Path(path).read_text())
-    channels: dict[str, str] = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    channels: dict[str, str] = pred["channel_def"]
+    if pred.get("num_channels", len(channels)) != len(channels):
+        raise ValueError(f"{path}: outputs.pred has num_channels {pred['num_channels']}, channel_def {len(channels)}.")
     info: dict[str, dict[str, Any]] = meta.get("label_info", {})
     labels = []
     for key, name in sorted(channels.items(), key=lambda kv: int(kv[0])):
@@ -93,9 +99,15 @@ def load_labels(meta_file: str | os.PathLike | None = None) -> tuple[Label, ...]
     return _load(str(Path(meta_file or METADATA_FILE).resolve()))
 
 
+def num_classes(meta_file: str | os.PathLike | None = None) -> int:
+    """Classes including background (the network's output channels) of a bundle's ``metadata.json`` (default: this
+    bundle's); ``train.json`` and ``inference.json`` set ``num_classes`` with it."""
+    return len(load_labels(meta_file)) + 1
+
+
 LABELS: tuple[Label, ...] = load_labels()
 """This bundle's foreground labels, ordered by code."""
-NUM_CLASSES = len(LABELS) + 1
+NUM_CLASSES = num_classes()
 """Classes including background: the network's output channels."""
 
 

@@ -1,7 +1,8 @@
 """Reading and checking short-axis volumes and their labels: the one validator of training, inference and the app.
 
 Accepted images are 3D short-axis stacks ``H, W, slices`` (slices on the last axis) and 4D cine volumes
-``H, W, slices, frames``, as NIfTI, NRRD, MetaImage or a folder holding one DICOM series. Loaded channel-first, an
+``H, W, slices, frames``, as NIfTI, NRRD, MetaImage (the files of :data:`IMAGE_SUFFIXES`) or a folder holding one
+DICOM series. Loaded channel-first, an
 image is ``F, H, W, D`` (F = 1 for a stack, the frames of a cine otherwise). A label is one volume ``1, H, W, D`` of
 the image's shape holding the integer codes of :mod:`scripts.labels`. Every problem is a :class:`VolumeError` whose
 message names the file, what is wrong and what was expected.
@@ -14,11 +15,22 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
-from monai.transforms import Transform
+from monai.transforms import LoadImage, Transform
 
 from .labels import NUM_CLASSES
 
-__all__ = ["VolumeError", "ValidateVolumed", "check_image", "check_label", "check_label_file", "load_volume"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VolumeError",
+    "ValidateVolumed",
+    "check_image",
+    "check_label",
+    "check_label_file",
+    "load_volume",
+]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""Image files accepted everywhere (inference inputs, the MONAI Label app's studies): NIfTI, NRRD, MetaImage."""
 
 _EXPECTED = "a 3D short-axis stack (H, W, slices) or a 4D cine volume (H, W, slices, frames)"
 
@@ -88,8 +100,6 @@ def load_volume(path: str | os.PathLike, name: str | None = None):  # -> MetaTen
     Raises :class:`VolumeError` naming the file (``name``, default its base name) when it cannot be read: missing,
     not an image, corrupt or truncated.
     """
-    from monai.transforms import LoadImage
-
     path = str(path)
     name = name or os.path.basename(path)
     if not os.path.exists(path):

@@ -43,7 +43,7 @@ def require_weights(*candidates: str | os.PathLike | None, option: str = "--mode
     names = " nor ".join(str(p) for p in candidates if p) or "(no file given)"
     raise NoWeightsError(
         f"no trained weights: {names} not found. Train the bundle first (python -m monai.bundle run training "
-        f"--config_file bundle/configs/train.json), download the pretrained bundle, or pass {option} <model.pt>."
+        f"--config_file <bundle>/configs/train.json), download the pretrained bundle, or pass {option} <model.pt>."
     )
 
 

@@ -11,7 +11,7 @@ import oracle
 import pytest
 
 from helpers import configured_quality_threshold, make_bundle_copy, phantom_volume, write_nifti
-from scripts.evaluation.function import function_from_cine, measure_volumes
+from scripts.cardiac_function import function_from_cine, measure_volumes
 from tools.servers import APP_DIR
 
 

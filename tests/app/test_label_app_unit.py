@@ -192,13 +192,26 @@ def test_trainer_options_extend_monai_labels_own(app_modules, tmp_path: Path) ->
     assert config["max_epochs"] == 10
 
 
-def test_inference_only_deployment(app_modules, tmp_path: Path) -> None:
+def test_inference_only_deployment(app_modules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--conf retain_cpu_memory false`` too: the app leaves glibc's allocator alone (no single arena, and the
+    inferer keeps no freed memory)."""
+    asked = []
+    real = app_modules.bundle_module
+    monkeypatch.setattr(app_modules, "bundle_module", lambda bundle, name: asked.append(name) or real(bundle, name))
     app = _app_with_images(
-        app_modules, tmp_path, n=1, skip_trainers="true", skip_strategies="true", skip_scoring="true"
+        app_modules,
+        tmp_path,
+        n=1,
+        skip_trainers="true",
+        skip_strategies="true",
+        skip_scoring="true",
+        retain_cpu_memory="false",
     )
     info = app.info()
     assert info["trainers"] == {} and info["strategies"] == {} and info["scoring"] == {}
     assert set(info["models"]) == {"coopseg", "coopseg_fast"}
+    assert "cpu_memory" not in asked and "labels" in asked
+    assert all(not task.bundle_config.get_parsed_content("inferer").retain_cpu_memory for task in app._infers.values())
     result = app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
     assert nib.load(result["label"]).shape == nib.load(tmp_path / "studies" / "case0.nii.gz").shape
 

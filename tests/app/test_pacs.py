@@ -24,7 +24,7 @@ from refusals import check_refusal, detail_of
 
 from conftest import BUNDLE_ROOT
 from helpers import configured_quality_threshold, make_bundle_copy, write_cine_series, write_nifti
-from scripts.evaluation.function import function_from_cine, measure_volumes
+from scripts.cardiac_function import function_from_cine, measure_volumes
 from scripts.inference.dicom import read_series_grid
 from tools.servers import APP_DIR, LabelServer, Orthanc, copy_app, free_port
 

@@ -23,7 +23,8 @@ from scripts.data.acdc import (
     read_info_cfg,
     remap_acdc_labels,
 )
-from scripts.data.datalist import DatasetError, load_datalist
+from scripts.data.datalist import load_datalist
+from scripts.data.errors import DatasetError
 
 SHAPE = (14, 12, 3)
 RAW_RV, RAW_MYO, RAW_LV = 1, 2, 3

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scripts.data.artefacts import ARTEFACTS, artefact_transform, corrupt_volume, generate_acdc_c, minmax_per_slice
-from scripts.data.datalist import DatasetError
+from scripts.data.errors import DatasetError
 
 SHAPE = (20, 18, 3)
 AFFINE = np.array([[1.5, 0, 0.2, -4.0], [0, 1.5, 0, 8.0], [0, 0, 9.0, 1.0], [0, 0, 0, 1]])

@@ -12,7 +12,8 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandCropByPosNegLabeld
 
-from scripts.data.datalist import DatasetError, ensure_synthetic_dataset, resolve_datalists
+from scripts.data.datalist import ensure_synthetic_dataset, resolve_datalists
+from scripts.data.errors import DatasetError
 from scripts.data.slices import VolumeSliceDataset
 from scripts.volumes import ValidateVolumed
 

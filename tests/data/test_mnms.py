@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data.datalist import DatasetError, load_datalist
+from scripts.data.datalist import load_datalist
+from scripts.data.errors import DatasetError
 from scripts.data.mnms import find_info_csv, prepare_mnms, read_mnms_info
 
 SHAPE = (12, 10, 3)

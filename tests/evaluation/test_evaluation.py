@@ -19,11 +19,11 @@ from scipy import ndimage
 
 from conftest import BUNDLE_ROOT
 from helpers import make_narrow_bundle_copy
-from scripts.data.datalist import DatasetError
+from scripts.data.errors import DatasetError
 from scripts.data.phantom import write_phantom_dataset
+from scripts.evaluation.evaluate import resolve_test_sets
 from scripts.evaluation.metrics import FAR_MM, dice_score, far_voxels, hd95_mm, volume_metrics
 from scripts.evaluation.report import paper_table, read_csv, seed_summary, seed_table, set_means
-from scripts.evaluation.test_sets import resolve_test_sets
 
 TINY = {"pixdim": [5.0, 5.0, -1], "crop_size": 32, "width": 4, "num_workers": 0}
 

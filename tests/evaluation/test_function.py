@@ -15,17 +15,16 @@ import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from helpers import make_narrow_bundle_copy
-from scripts.data.phantom import write_phantom_dataset
-from scripts.evaluation.agreement import AGREEMENT_INDICES, agreement, function_pairs, write_agreement_report
-from scripts.evaluation.function import (
-    FunctionCase,
+from scripts.cardiac_function import (
     FunctionError,
     body_surface_area,
     function_from_cine,
     function_from_pair,
     measure_volumes,
-    write_function_report,
 )
+from scripts.data.phantom import write_phantom_dataset
+from scripts.evaluation.agreement import AGREEMENT_INDICES, agreement, function_pairs, write_agreement_report
+from scripts.inference.function_report import FunctionCase, write_function_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = {"pixdim": [5.0, 5.0, -1], "crop_size": 32, "width": 4, "num_workers": 0}

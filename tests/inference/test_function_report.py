@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from helpers import make_bundle_copy, phantom_volume, write_nifti
-from scripts.evaluation.function import measure_volumes
+from scripts.cardiac_function import measure_volumes
 from scripts.inference.predictor import group_cases, load_subject_info, split_phase
 from scripts.inference.quality import frame_quality_scores, quality_scores
 from scripts.model.networks import CoopSegNet

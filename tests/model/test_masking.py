@@ -1,4 +1,4 @@
-"""Semantics of the three latent masking schemes (docs/method.md section 3)."""
+"""Semantics of the three latent masking schemes (bundle/docs/method.md section 3)."""
 
 from __future__ import annotations
 

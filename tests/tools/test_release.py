@@ -27,7 +27,16 @@ from conftest import BUNDLE_ROOT, REPO_ROOT
 from helpers import make_source_bundle
 from scripts.data.phantom import write_phantom_dataset
 from scripts.model.networks import CoopSegNet
-from tools.release import CHECKSUM_FILE, ChecksumError, ReleaseError, main, package, sha256_file, verify_checksums
+from tools.release import (
+    CHECKSUM_FILE,
+    ChecksumError,
+    ReleaseError,
+    main,
+    package,
+    sha256_file,
+    unresolved_citations,
+    verify_checksums,
+)
 
 NAME = "coopseg"
 VERSION = json.loads((BUNDLE_ROOT / "configs" / "metadata.json").read_text())["version"]
@@ -108,6 +117,7 @@ def test_archive_layout_checksums_and_large_files(released: dict) -> None:
             "scripts/engine/trainer.py",
             "scripts/inference/inferer.py",
             "docs/README.md",
+            "docs/method.md",
             "models/model.pt",
             "models/model.ts",
             "large_files.yml",
@@ -134,6 +144,29 @@ def test_archive_layout_checksums_and_large_files(released: dict) -> None:
     assert yaml.safe_load((released["source"] / "large_files.yml").read_text()) == large
     sidecar = archive.with_name(archive.name + ".sha256").read_text().split()
     assert sidecar == [sha256_file(archive), archive.name]
+
+
+def test_the_release_holds_what_it_cites(released: dict, tmp_path: Path) -> None:
+    """Unzipped, the archive resolves every relative link, cited file and docs/method.md section in its own files,
+    and its documents name no repository path outside the bundle."""
+    with zipfile.ZipFile(released["archive"]) as z:
+        z.extractall(tmp_path)
+    bundle = tmp_path / NAME
+    cited_method = [p for p in (bundle / "scripts").rglob("*.py") if "docs/method.md section" in p.read_text()]
+    assert len(cited_method) > 10 and (bundle / "docs" / "method.md").is_file()
+    assert "](method.md)" in (bundle / "docs" / "README.md").read_text()
+    assert unresolved_citations(bundle) == []
+    # what the check reports
+    (bundle / "docs" / "extra.md").write_text(
+        "[ok](method.md) [gone](../../docs/method.md) `configs/nope.json` (docs/method.md section 99) "
+        "`model/networks.py` `tools/release.py` `medseg/elsewhere.py`\n"
+    )
+    problems = "\n".join(unresolved_citations(bundle))
+    assert "link ../../docs/method.md not in the bundle" in problems
+    assert "cites configs/nope.json" in problems and "section 99" in problems
+    assert "'tools/'" in problems and "'../'" in problems
+    assert "link method.md" not in problems  # the link that resolves
+    assert "networks.py" not in problems and "medseg" not in problems  # code under scripts/; another repository
 
 
 def test_refuses_without_trained_weights(tmp_path: Path) -> None:

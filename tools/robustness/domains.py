@@ -39,7 +39,7 @@ from scripts.data.artefacts import generate_artefact_sets
 from scripts.data.datalist import PHANTOM_VERSION, default_cache_dir
 from scripts.data.nifti import write_nifti
 from scripts.data.phantom import PhantomAppearance, write_phantom_dataset
-from scripts.evaluation.report import save_figure
+from scripts.figures import pyplot, save_figure
 from scripts.files import staged_dir, write_json_atomic
 from scripts.labels import channel_names
 
@@ -279,11 +279,7 @@ def ensure_test_domains(
 
 def preview_domains(suite_dir: str | Path, path: str | Path, subject_index: int = 0) -> Path:
     """PNG: the middle slice of one test subject (ED) in every domain of a suite, label contours drawn in."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     suite_dir = Path(suite_dir)
     datalist = json.loads((suite_dir / "datalist.json").read_text())
     names = list(datalist["domains"])

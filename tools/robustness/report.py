@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from scripts.evaluation.quality_flag import quality_flag_analysis, quality_flag_markdown, quality_flag_plot
-from scripts.evaluation.report import fmt, save_figure
+from scripts.evaluation.report import fmt
+from scripts.figures import pyplot, save_figure
 from scripts.files import write_json_atomic, write_text_atomic
 
 from .ledger import Ledger
@@ -97,11 +98,7 @@ def _iteration_axis(ax: Any, budgets: Sequence[int]) -> None:
 def _plot_curves(
     stats: dict[int, dict[str, dict[str, Any]]], arms: Sequence[str], budgets: Sequence[int], path: Path
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = (("in_domain", "Dice", "In-domain Dice (FTN+STN)"), ("shifted_avg", "Dice", "Shifted average Dice"),
               ("hd95:in_domain", "HD95 (mm)", "In-domain HD95"), ("hd95:shifted_avg", "HD95 (mm)", "Shifted HD95"))
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
@@ -128,11 +125,7 @@ def _plot_differences(
     differences: dict[int, dict[str, Any]], trends: Mapping[str, Trend | None], budgets: Sequence[int], path: Path
 ) -> Path:
     """Paired differences with their intervals; on the shifted panel, each trend line dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, key in zip(axes, ("shifted_avg", "in_domain"), strict=True):
         for a, b in COMPARISONS:

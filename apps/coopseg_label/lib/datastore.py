@@ -24,8 +24,6 @@ from .errors import http_error, problem_of, sentence
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = ("*.nii.gz", "*.nii", "*.nrrd")
-
 
 def check_image_file(bundle: Path, path: str, name: str) -> tuple[int, ...]:
     """The shape ``(frames, H, W, slices)`` of a usable 3D stack (1 frame) or 4D cine; HTTP 422 naming the problem."""
@@ -39,19 +37,22 @@ def check_image_file(bundle: Path, path: str, name: str) -> tuple[int, ...]:
 
 
 class CoopSegDatastore(LocalDatastore):
-    """``LocalDatastore`` over ``*.nii.gz``, ``*.nii`` and ``*.nrrd`` that validates uploads and label submissions.
+    """``LocalDatastore`` over the image files the bundle accepts (``scripts.volumes.IMAGE_SUFFIXES``: NIfTI, NRRD,
+    MetaImage) that validates uploads and label submissions.
 
     Args:
         studies: the studies folder.
         bundle: the served bundle (its ``scripts`` check the files).
-        num_classes: label codes allowed in submitted labels are ``0 .. num_classes - 1``.
+        num_classes: label codes allowed in submitted labels are ``0 .. num_classes - 1`` (default: the bundle's
+            ``scripts.labels.NUM_CLASSES``).
         kwargs: passed to ``LocalDatastore``.
     """
 
-    def __init__(self, studies: str, bundle: Path, num_classes: int = 4, **kwargs: Any) -> None:
+    def __init__(self, studies: str, bundle: Path, num_classes: int | None = None, **kwargs: Any) -> None:
         self.bundle = Path(bundle)
-        self.num_classes = num_classes
-        kwargs.setdefault("extensions", EXTENSIONS)
+        self.num_classes = num_classes or bundle_module(self.bundle, "labels").NUM_CLASSES
+        suffixes = bundle_module(self.bundle, "volumes").IMAGE_SUFFIXES
+        kwargs.setdefault("extensions", tuple(f"*{suffix}" for suffix in suffixes))
         super().__init__(studies, **kwargs)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:

@@ -126,7 +126,7 @@ class Workspace:
                 "source_bundle": str(self.source),
                 "message": (
                     "NO TRAINED WEIGHTS YET: neither models/model.pt nor models/model.ts exists in the bundle "
-                    f"{self.source}. Run the main job (python -m monai.bundle run training --config_file "
+                    f"{self.source}. Run the training command (python -m monai.bundle run training --config_file "
                     "bundle/configs/train.json) or download the pretrained bundle, then restart the server; or "
                     "submit labels and train the 'coopseg' trainer from scratch. Inference is unavailable until then."
                 ),

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from ..files import write_json_atomic
 from ..labels import channel_names
-from .datalist import DatasetError
+from .errors import DatasetError
 from .nifti import copy_file_atomic, load_nifti, save_nifti_atomic
 
 __all__ = [

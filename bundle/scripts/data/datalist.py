@@ -18,10 +18,11 @@ from monai.data import load_decathlon_datalist
 
 from ..files import staged_dir, write_json_atomic
 from ..labels import channel_names
+from .errors import DatasetError
+from .phantom import write_phantom_dataset
 
 __all__ = [
     "PHANTOM_VERSION",
-    "DatasetError",
     "default_cache_dir",
     "ensure_synthetic_dataset",
     "load_datalist",
@@ -32,10 +33,6 @@ logger = logging.getLogger(__name__)
 
 PHANTOM_VERSION = "phantom-v1"
 SYNTHETIC_SPLIT = {"training": 10, "validation": 5, "test": 20}
-
-
-class DatasetError(ValueError):
-    """The configured dataset cannot be used; the message names the file or directory and what was expected."""
 
 
 def default_cache_dir() -> Path:
@@ -51,8 +48,6 @@ def ensure_synthetic_dataset(
     The dataset is written to a temporary sibling directory and renamed into place, so an interrupted run never
     leaves a half-written cache behind.
     """
-    from .phantom import write_phantom_dataset
-
     split = dict(SYNTHETIC_SPLIT if split is None else split)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     name = f"{PHANTOM_VERSION}_seed{seed}_" + "_".join(f"{k}{v}" for k, v in split.items())

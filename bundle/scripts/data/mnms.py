@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from ..files import write_json_atomic
 from ..labels import channel_names
-from .datalist import DatasetError
+from .errors import DatasetError
 from .nifti import load_nifti, save_nifti_atomic
 
 __all__ = ["MnmsInfo", "find_info_csv", "find_subjects", "prepare_mnms", "prepare_subject", "read_mnms_info"]

@@ -1,7 +1,7 @@
-"""NIfTI helpers for the dataset adapters: header-only inspection and never-clobbering writes.
+"""NIfTI helpers: reading for the dataset adapters, the bundle's one NIfTI writer, and never-clobbering writes.
 
 Files are written atomically (:mod:`scripts.files`). An existing output is kept when its content equals what would be
-written and is otherwise a :class:`~scripts.data.datalist.DatasetError`: derived labels are never silently
+written and is otherwise a :class:`~scripts.data.errors.DatasetError`: derived labels are never silently
 overwritten.
 """
 
@@ -15,16 +15,9 @@ import nibabel as nib
 import numpy as np
 
 from .. import files
-from .datalist import DatasetError
+from .errors import DatasetError
 
-__all__ = [
-    "load_nifti",
-    "nifti_shape",
-    "save_nifti_atomic",
-    "write_nifti",
-    "copy_file_atomic",
-    "spacing_of",
-]
+__all__ = ["load_nifti", "save_nifti_atomic", "write_nifti", "copy_file_atomic"]
 
 
 def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
@@ -36,16 +29,6 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
         return nib.load(str(path))
     except Exception as e:  # nibabel raises several types for corrupt files
         raise DatasetError(f"{path}: cannot be read as NIfTI ({e}).") from e
-
-
-def nifti_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """Array shape from the header only (no voxel data is read)."""
-    return tuple(int(s) for s in load_nifti(path).shape)
-
-
-def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
-    """Voxel spacing (mm) per array axis: the column norms of the affine's 3 x 3 part."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
 def _same_nifti(a: Path, b: Path) -> bool:

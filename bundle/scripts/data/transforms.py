@@ -9,9 +9,11 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import ensure_tuple_rep
+from scipy.ndimage import gaussian_filter
 
 __all__ = ["RandBrightnessFluctuationd", "RandReferenceSpatiald"]
 
@@ -113,8 +115,6 @@ class RandReferenceSpatiald(RandomizableTransform, MapTransform):
 
     def randomize(self, data: tuple[int, int]) -> None:  # type: ignore[override]
         """Draw one sampling grid ``1, H, W, 2`` (x, y in grid_sample's normalised coordinates) for size ``data``."""
-        from scipy.ndimage import gaussian_filter
-
         h, w = data
         flip = np.diag([-1.0 if self.R.rand() < self.flip_prob else 1.0 for _ in range(2)])  # rows, cols
         angle = np.deg2rad(self.R.uniform(-self.rotate_deg, self.rotate_deg))
@@ -138,8 +138,6 @@ class RandReferenceSpatiald(RandomizableTransform, MapTransform):
         self._grid = torch.as_tensor(normalised[None], dtype=torch.float32)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        import torch.nn.functional as F
-
         d = dict(data)
         first = next(self.key_iterator(d), None)
         if first is None:

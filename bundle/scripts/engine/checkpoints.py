@@ -371,8 +371,6 @@ class SaveAtIterations:
         return event in self.iterations
 
     def __call__(self, engine: Engine) -> None:
-        from ..files import atomic_path
-
         state = getattr(self.network, "module", self.network).state_dict()
         path = self.save_dir / self.filename(engine.state.iteration)
         with atomic_path(path) as tmp:

@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from monai.networks.utils import one_hot
 
 from ..model.masking import TARGETED_SCHEMES, LatentMasker
 from ..model.networks import CoopSegNet
 from ..model.norm_context import frozen_parameters, untracked_batchnorm
-from .losses import one_hot_label, pixel_cross_entropy, reconstruction_loss
+from .losses import pixel_cross_entropy, reconstruction_loss
 
 __all__ = [
     "StandardPass",
@@ -87,7 +88,7 @@ def standard_terms(
         "seg": pixel_cross_entropy(seg_logits, label),
         "recon": reconstruction_loss(net.image_decoder(image_code_in), clean_image, recon_weight),
         "gt_shape": pixel_cross_entropy(
-            net.reconstruct_shape(one_hot_label(label, net.num_classes, clean_image.dtype)), label
+            net.reconstruct_shape(one_hot(label[:, None], net.num_classes, clean_image.dtype)), label
         ),
         "shape": pixel_cross_entropy(net.reconstruct_shape(stn_view), label),
     }

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar as IgniteProgressBar
+from PIL import Image
 
 from ..labels import color_table
 
@@ -27,8 +29,6 @@ class ProgressBar:
         self.persist = persist
 
     def attach(self, engine: Engine) -> None:
-        from ignite.handlers import ProgressBar as IgniteProgressBar
-
         key = self.loss_key
         IgniteProgressBar(persist=self.persist).attach(
             engine, output_transform=lambda out: {key: float(out[0][key])} if isinstance(out, list) and out else {}
@@ -83,8 +83,6 @@ class HardExampleImages:
         output = engine.state.output
         if not isinstance(output, list) or not output or "hard_image" not in output[0]:
             return
-        from PIL import Image
-
         grid = hard_example_grid(output, self.max_rows)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"hard_examples_epoch{engine.state.epoch:04d}.png"

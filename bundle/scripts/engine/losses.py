@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pixel_cross_entropy", "reconstruction_loss", "one_hot_label"]
+__all__ = ["pixel_cross_entropy", "reconstruction_loss"]
 
 
 def pixel_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -20,8 +20,3 @@ def pixel_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tens
 def reconstruction_loss(reconstruction: torch.Tensor, image: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
     """``weight * MSE`` (mean over all elements); the reference weight is 0.5 and the target the clean image."""
     return weight * F.mse_loss(reconstruction, image)
-
-
-def one_hot_label(label: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``B, H, W`` integer label -> ``B, K, H, W`` one-hot of ``dtype``, the STN's view of a ground truth."""
-    return F.one_hot(label.long(), num_classes).permute(0, 3, 1, 2).to(dtype)

@@ -1,2 +1,3 @@
-"""Evaluation: per-volume metrics (``metrics``), test-set evaluation of a trained bundle (``test_sets``) and its
-tables and plots (``report``)."""
+"""Evaluation: per-volume metrics (``metrics``), test-set evaluation of a trained bundle (``evaluate``, wired by
+``configs/evaluate.json``), the function agreement with reference labels (``agreement``), the quality flag's
+calibration (``quality_flag``) and the tables and plots (``report``)."""

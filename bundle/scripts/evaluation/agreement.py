@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..cardiac_function import INDICES, CardiacFunction, FunctionError, LabelVolumes, function_from_pair
+from ..figures import pyplot, save_figure
 from ..files import write_csv_atomic, write_text_atomic
-from .function import INDICES, CardiacFunction, FunctionError, LabelVolumes, function_from_pair
 
 __all__ = [
     "AGREEMENT_INDICES",
@@ -151,13 +152,7 @@ def agreement_rows(cases: Sequence[Case], test_set: str = "") -> list[dict[str, 
 def bland_altman_plot(cases: Sequence[Case], path: str | os.PathLike, title: str = "") -> Path:
     """One Bland-Altman panel per index: difference (predicted - reference) against the mean of the two, with the
     bias and the limits of agreement as lines; written as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import save_figure
-
+    plt = pyplot()
     columns = 4
     rows = math.ceil(len(AGREEMENT_INDICES) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows), squeeze=False)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
 
+from ..figures import pyplot, save_figure
+
 __all__ = [
     "FAILURE_DICE",
     "quality_flag_analysis",
@@ -142,16 +144,9 @@ def quality_flag_markdown(analysis: Mapping[str, Any], what: str = "the evaluate
 
 def quality_flag_plot(rows: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any], path: str | Path) -> Path:
     """Scatter of score against FTN+STN mean Dice, with the failure line and the threshold, written to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import save_figure
-
     key = analysis["score"]
     data = _scored(rows, key)
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = pyplot().subplots(figsize=(5, 4))
     ax.scatter([float(r[key]) for r in data], [float(r["dice_mean"]) for r in data], s=6, alpha=0.5)
     ax.axhline(analysis["failure_dice"], color="red", lw=0.8, label=f"Dice {analysis['failure_dice']:g}")
     if "threshold" in analysis:

@@ -1,6 +1,6 @@
 """Evaluation outputs: the per-volume CSV, markdown tables shaped like the paper's, box plots, multi-seed summaries.
 
-Rows are dicts, one per volume and output, as :class:`scripts.evaluation.test_sets.VolumeMetricsCollector` makes
+Rows are dicts, one per volume and output, as :class:`scripts.evaluation.evaluate.VolumeMetricsCollector` makes
 them: ``test_set``, ``output`` (``ftn_stn`` = STN(FTN(x)), the paper's prediction; ``ftn`` = FTN alone;
 ``ftn_stn_post`` = FTN + STN with the label clean-up), the entry's fields (``subject``, ``frame``, ``vendor`` ...) and
 the metrics of :data:`scripts.evaluation.metrics.METRIC_KEYS` (``dice_lv`` ... ``far_all``, HD95 in mm, far false
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..files import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
+from ..figures import pyplot, save_figure
+from ..files import write_csv_atomic, write_json_atomic, write_text_atomic
 from ..labels import LABELS
 from .metrics import METRIC_KEYS
 from .quality_flag import quality_flag_analysis, quality_flag_markdown, quality_flag_plot
@@ -177,11 +177,7 @@ def box_plot(
     ``groups`` maps group values to legend labels (default: every value of ``group_key``); ``output`` keeps only
     rows of that output (``ftn_stn`` or ``ftn``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if output is not None:
         rows = [r for r in rows if r["output"] == output]
     groups = dict(groups or {str(v): str(v) for v in dict.fromkeys(r[group_key] for r in rows)})
@@ -219,17 +215,6 @@ def box_plot(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
-
-
-def save_figure(fig: Any, path: str | os.PathLike) -> Path:
-    """Lay out ``fig``, write it as a PNG at ``path`` atomically (parents created), close it and return the path."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
 
 
 def write_evaluation_report(

@@ -31,9 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pydicom
 from monai.data import ImageReader
+from monai.transforms import LoadImage
 from monai.utils import ensure_tuple
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes as sr_codes
+from pydicom.uid import generate_uid
 
 from ..files import atomic_path
 from ..labels import LABELS, METADATA_FILE, Label
@@ -371,8 +374,6 @@ class CineDicomReader(ImageReader):
     def _default_reader(self, data: Sequence[os.PathLike | str] | os.PathLike | str) -> ImageReader:
         """The reader ``LoadImage`` would pick for ``data`` without this one (last registered first)."""
         if self._defaults is None:
-            from monai.transforms import LoadImage
-
             self._defaults = LoadImage(image_only=True).readers
         for reader in reversed(self._defaults):
             if reader.verify_suffix(data):
@@ -443,10 +444,9 @@ def _segment(label: Label, version: str) -> SegmentDescription:
     """The description of one label: codes, name, colour, automatic CoopSeg algorithm."""
     from highdicom import AlgorithmIdentificationSequence
     from highdicom.seg import SegmentDescription
-    from pydicom.sr.codedict import codes
 
     algorithm = AlgorithmIdentificationSequence(
-        name="CoopSeg", family=codes.cid7162.ArtificialIntelligence, version=version
+        name="CoopSeg", family=sr_codes.cid7162.ArtificialIntelligence, version=version
     )
     segment = SegmentDescription(
         segment_number=label.code,
@@ -533,7 +533,6 @@ def _segmentation(
 ) -> Segmentation:
     """The highdicom ``Segmentation`` of one phase: frames on, and referencing, that phase's source instances."""
     from highdicom.seg import Segmentation
-    from pydicom.uid import generate_uid
 
     return Segmentation(
         source_images=[_source(row[phase]) for row in grid.headers],
@@ -580,8 +579,6 @@ def write_dicom_seg(
         series_number: of the new series; default the source's SeriesNumber + 1000.
         labels: the segments.
     """
-    from pydicom.uid import generate_uid
-
     grid = series if isinstance(series, SeriesGrid) else read_series_grid(series)
     if affine is not None and not np.allclose(np.asarray(affine, dtype=np.float64), grid.affine, atol=1e-2):
         raise DicomSeriesError(

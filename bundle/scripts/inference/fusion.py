@@ -11,11 +11,17 @@ dtypes, a PyTorch without the operator) the same modules run ``conv2d`` and the 
 The modules expect BatchNorm already folded into the convolutions
 (:func:`scripts.inference.inferer.fused_eval_copy`) and compute the same function as the blocks of
 :mod:`scripts.model.networks` they replace, up to float rounding (tested).
-``torch.ops.mkldnn._convolution_pointwise`` is a private PyTorch operator (the one TorchInductor's CPU fusion emits);
-it is looked up once and, if missing, never used.
+``torch.ops.mkldnn._convolution_pointwise`` is a private PyTorch operator (the one TorchInductor's CPU fusion emits),
+so it gets a net: it is looked up once and, if missing, never used; at its first use it must reproduce ``conv2d`` and
+the activation on a small input (:func:`onednn_fusion_active`), or it is not used for the rest of the process (a
+warning says so); and ``COOPSEG_ONEDNN_FUSION=0`` in the environment turns it off.
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import threading
 
 import torch
 import torch.nn as nn
@@ -23,25 +29,101 @@ import torch.nn.functional as F
 
 from ..model.networks import Decoder, DualBranchEncoder, Encoder, _ResidualBlock
 
-__all__ = ["ONEDNN_FUSION", "ConvAct", "FusedResidualBlock", "FusedEncoder", "FusedDecoder", "fuse_blocks"]
+__all__ = [
+    "ONEDNN_FUSION",
+    "SWITCH",
+    "ConvAct",
+    "FusedResidualBlock",
+    "FusedEncoder",
+    "FusedDecoder",
+    "fuse_blocks",
+    "onednn_fusion_active",
+]
+
+logger = logging.getLogger(__name__)
+
+SWITCH = "COOPSEG_ONEDNN_FUSION"
+"""Environment variable: ``0`` (or ``false``, ``off``) keeps the fused operators unused in this process."""
 
 
 def _onednn_ops() -> tuple | None:
+    """``(conv + activation, conv + add in place)`` operators, or None: no oneDNN, switched off, or not in this
+    PyTorch."""
+    if os.environ.get(SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
     try:
         return torch.ops.mkldnn._convolution_pointwise.default, torch.ops.mkldnn._convolution_pointwise_.binary
     except (AttributeError, RuntimeError):
         return None
 
 
-_OPS = _onednn_ops() if torch.backends.mkldnn.is_available() else None
+_OPS = _onednn_ops()
 ONEDNN_FUSION = _OPS is not None
-"""Whether this PyTorch has oneDNN's fused convolution operators."""
+"""Whether this PyTorch has oneDNN's fused convolution operators (and they are not switched off)."""
+_CHECKED: bool | None = None
+"""Whether :data:`_OPS` passed the self-check (None: not checked yet)."""
+_check_lock = threading.Lock()
 
 _ACTIVATIONS = ("none", "relu", "leaky_relu")
 
 
+def _self_check(ops: tuple) -> bool:
+    """Whether ``ops`` compute what ``conv2d``, leaky ReLU and the residual add compute, on a small input."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 7, generator=generator)
+    weight, bias = torch.randn(4, 3, 3, 3, generator=generator), torch.randn(4, generator=generator)
+    other = torch.randn(2, 4, 9, 7, generator=generator)
+    args = ([1, 1], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
+    last = torch.channels_last
+    with torch.inference_mode():
+        conv = F.conv2d(x, weight, bias, padding=1)
+        expected = (F.leaky_relu(conv, 0.2), F.leaky_relu(conv, 0.2), other + conv)
+        try:  # a private operator may fail in any way
+            got = (
+                ops[0](x, weight, bias, *args, "leaky_relu", [0.2], ""),
+                ops[0](x.contiguous(memory_format=last), weight.contiguous(memory_format=last), bias, *args,
+                       "leaky_relu", [0.2], ""),
+                ops[1](other.clone(), x, weight, bias, *args, "add", None, None, [], None),
+            )  # fmt: skip
+        except Exception as e:
+            logger.warning("oneDNN fused convolution unusable (%s: %s); using conv2d.", type(e).__name__, e)
+            return False
+    names = ("conv + leaky ReLU", "conv + leaky ReLU, channels-last", "conv + add")
+    for name, a, b in zip(names, got, expected, strict=True):
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
+            difference = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
+            logger.warning(
+                "oneDNN fused %s disagrees with conv2d (largest difference %.3g): using conv2d for this process.",
+                name,
+                difference,
+            )
+            return False
+    return True
+
+
+def onednn_fusion_active() -> bool:
+    """Whether the fused operators are used: present, not switched off (:data:`SWITCH`), and their self-check at
+    first use passed (run once per process)."""
+    global _CHECKED
+    if _OPS is None:
+        return False
+    if _CHECKED is None:
+        with _check_lock:
+            if _CHECKED is None:
+                _CHECKED = _self_check(_OPS)
+    return _CHECKED
+
+
 def _use_onednn(x: torch.Tensor) -> bool:
-    return _OPS is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+    return (
+        _OPS is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and onednn_fusion_active()
+    )
 
 
 class ConvAct(nn.Module):

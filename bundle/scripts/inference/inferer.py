@@ -71,9 +71,13 @@ def fused_eval_copy(
     return fused.to(memory_format=torch.channels_last) if channels_last else fused
 
 
-def _state_versions(network: torch.nn.Module) -> tuple[int, ...]:
-    """In-place updates (optimiser steps, ``load_state_dict``) bump these counters."""
-    return tuple(t._version for t in (*network.parameters(), *network.buffers()))
+def _state_versions(network: torch.nn.Module) -> tuple[int, ...] | None:
+    """The tensors' version counters, which in-place updates (optimiser steps, ``load_state_dict``) bump; None where
+    tensors have no ``_version`` (a private attribute of PyTorch's): nothing then tells a cached copy is stale."""
+    try:
+        return tuple(int(t._version) for t in (*network.parameters(), *network.buffers()))
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _ceil_to(n: int, divisor: int) -> int:
@@ -91,8 +95,9 @@ class CoopSegInferer(Inferer):
             many as fit :data:`CPU_BATCH_PIXELS` (at least one).
         fast: for an ``nn.Module`` in eval mode, run a cached :func:`fused_eval_copy` of it (BatchNorm folded into
             the convolutions, channels-last, activations and residual adds inside oneDNN convolutions on the CPU);
-            the copy is rebuilt when the network's weights change. TorchScript modules and modules in training mode
-            run as they are.
+            the copy is rebuilt when the network's weights change (seen through the tensors' private version
+            counters; where PyTorch has none, the copy is rebuilt at every call). TorchScript modules and modules in
+            training mode run as they are. ``--inferer#fast False`` turns all of this off.
         retain_cpu_memory: when running on the CPU, call :func:`scripts.cpu_memory.retain_freed_memory` (once per
             process) so activation memory is reused instead of page-faulted in again at every call; measured 2x
             faster on a 10 x 224 x 224 stack. The process keeps its peak memory.
@@ -137,6 +142,8 @@ class CoopSegInferer(Inferer):
         if not eligible:
             return network, False
         versions = _state_versions(network)
+        if versions is None:  # no way to tell whether a cached copy is stale: never cache
+            return fused_eval_copy(network), True
         with self._lock:
             cached = self._fused.get(network)
             if cached is None or cached[0] != versions:

@@ -13,17 +13,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..volumes import VolumeError
+from ..volumes import IMAGE_SUFFIXES, VolumeError
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "DEFAULT_EXCLUDE",
     "is_dicom_series_dir",
     "volume_stem",
     "find_inputs",
 ]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Files the workflow writes itself, and ground-truth labels stored next to images (ACDC, the phantom).
 DEFAULT_EXCLUDE = ("*_seg.*", "*_seg_ftn.*", "*_uncertainty.*", "*_disagreement.*", "*_gt.*")
 

@@ -23,6 +23,7 @@ from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from ..files import atomic_path
 from ..volumes import VolumeError
+from .dicom import read_series_grid, write_dicom_seg
 from .inputs import is_dicom_series_dir, volume_stem
 
 __all__ = ["OUTPUT_FORMATS", "CheckOutputFormatd", "FrameArgmaxd", "PerFramed", "SaveDicomSegd", "SaveVolumed"]
@@ -269,8 +270,6 @@ class SaveDicomSegd(MapTransform):
         return self.output_dir / f"{volume_stem(source)}_{postfix}.dcm"
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        from .dicom import read_series_grid, write_dicom_seg
-
         d = dict(data)
         for key, postfix in self.key_iterator(d, self.output_postfix):
             source = _source_of(d, key, self.source_key)

@@ -18,11 +18,12 @@ from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 
-from ..evaluation.function import FunctionCase, LabelVolumes, measure_volumes, write_function_report
+from ..cardiac_function import LabelVolumes, measure_volumes
 from ..labels import LABELS
+from .function_report import FunctionCase, write_function_report
 from .inferer import FTN_PROB
 from .inputs import volume_stem
-from .quality import frame_quality_scores
+from .quality import frame_quality_scores, is_flagged, worst_frame
 
 __all__ = [
     "CoopSegPredictor",
@@ -76,17 +77,13 @@ class CoopSegPredictor(SupervisedEvaluator):
         return engine.state.output
 
 
-def _flagged(score: float | None, threshold: float | None) -> bool | None:
-    return None if score is None or threshold is None else score > threshold
-
-
 class InferenceSummary:
     """Log, per volume, the files written, the volume of each structure (per frame for a 4D cine) and its quality.
 
     Reads ``pred`` (label codes ``F, H, W, D`` on the input grid, its affine giving the voxel size), every
     ``<key>_file`` of the post-processed outputs, the per-frame ``disagreement_score`` when the predictor gives it,
     and the batch's ``source``. ``engine.state.summary`` collects one row per volume: ``source``, ``shape``,
-    ``frames`` (``[{abbreviation: ml}]``), ``volumes`` (:class:`scripts.evaluation.function.LabelVolumes`),
+    ``frames`` (``[{abbreviation: ml}]``), ``volumes`` (:class:`scripts.cardiac_function.LabelVolumes`),
     ``files``, ``frame_scores`` (per-frame disagreement scores, None without them), ``quality_frame`` and
     ``quality_score`` (the worst frame and its score) and ``quality_flag`` (score above ``quality_threshold``, None
     without a score or a threshold; the log line then says ``QUALITY FLAG``).
@@ -127,8 +124,7 @@ class InferenceSummary:
         ]
         scores = out.get("disagreement_score")
         scores = None if scores is None else [float(s) for s in torch.as_tensor(scores).reshape(-1)]
-        worst = None if not scores else max(range(len(scores)), key=scores.__getitem__)
-        score = None if worst is None else scores[worst]
+        worst, score = worst_frame(scores) or (None, None)
         files = {k[: -len("_file")]: v for k, v in out.items() if isinstance(k, str) and k.endswith("_file")}
         return {
             "source": source,
@@ -139,7 +135,7 @@ class InferenceSummary:
             "frame_scores": scores,
             "quality_frame": worst,
             "quality_score": score,
-            "quality_flag": _flagged(score, self.quality_threshold),
+            "quality_flag": is_flagged(score, self.quality_threshold),
         }
 
     def describe(self, row: Mapping[str, Any]) -> tuple[str, str]:
@@ -275,7 +271,7 @@ def group_cases(
 
 class FunctionReport:
     """At the end of a run, write its function report: ``function.csv``, ``function.md`` and a volume-time curve
-    per cine in ``output_dir`` (:func:`scripts.evaluation.function.write_function_report`).
+    per cine in ``output_dir`` (:func:`scripts.inference.function_report.write_function_report`).
 
     The cases (:func:`group_cases`) come from the rows of :class:`InferenceSummary`, which must be attached before
     this handler. A case's quality score is the worst of its volumes' (per cine, the worst frame); it is flagged
@@ -317,7 +313,7 @@ class FunctionReport:
             case.compute()
             found = [scores[id(v)] for v in case.volumes if scores[id(v)] is not None]
             case.quality_score = max(found) if len(found) == len(case.volumes) else None
-            case.quality_flag = _flagged(case.quality_score, self.quality_threshold)
+            case.quality_flag = is_flagged(case.quality_score, self.quality_threshold)
         unavailable = (
             "the run used --refine False: the score compares the FTN with the STN"
             if not self.refine

@@ -4,7 +4,8 @@ The STN is a shape prior: where the FTN's segmentation is implausible, the STN's
 per-voxel disagreement ``0.5 * sum_k |p_STN - p_FTN|`` (0 identical, 1 disjoint) is averaged over the voxels that
 either network labels as foreground, so the score does not shrink with the field of view. The normalised entropy of
 the refined prediction is reported beside it. A volume is flagged when its disagreement score exceeds a threshold
-chosen on validation data (see the model card).
+chosen on validation data (see the model card): :func:`is_flagged`, the one rule of the inference log, the function
+report and the MONAI Label app. A cine is as good as its worst frame (:func:`worst_frame`).
 
 Tensors are ``N, K, ...`` class probabilities (channel 0 background).
 """
@@ -12,10 +13,19 @@ Tensors are ``N, K, ...`` class probabilities (channel 0 background).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["QUALITY_KEYS", "disagreement_map", "entropy_map", "frame_quality_scores", "quality_scores"]
+__all__ = [
+    "QUALITY_KEYS",
+    "disagreement_map",
+    "entropy_map",
+    "frame_quality_scores",
+    "is_flagged",
+    "quality_scores",
+    "worst_frame",
+]
 
 QUALITY_KEYS = ("disagreement_score", "entropy_score")
 
@@ -82,3 +92,18 @@ def frame_quality_scores(prob_ftn: torch.Tensor, prob_stn: torch.Tensor, n_frame
             row.append(quality_scores(ftn[crop], stn[crop]))
         rows.append(row)
     return {key: torch.tensor([[s[key] for s in row] for row in rows], dtype=torch.float64) for key in QUALITY_KEYS}
+
+
+def worst_frame(scores: Sequence[float] | None) -> tuple[int, float] | None:
+    """``(frame, score)`` of the highest disagreement score among a volume's frames (the first of ties); None for no
+    scores."""
+    if not scores:
+        return None
+    values = [float(s) for s in scores]
+    frame = max(range(len(values)), key=values.__getitem__)
+    return frame, values[frame]
+
+
+def is_flagged(score: float | None, threshold: float | None) -> bool | None:
+    """The quality flag: whether ``score`` exceeds ``threshold``; None without a score or without a threshold."""
+    return None if score is None or threshold is None else float(score) > float(threshold)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..labels import NUM_CLASSES
+
 __all__ = [
     "ResidualDown",
     "ResidualUp",
     "Encoder",
     "Decoder",
     "DualBranchEncoder",
-    "ShapeAutoEncoder",
     "CoopSegNet",
     "init_reference_weights",
 ]
@@ -143,18 +144,6 @@ class DualBranchEncoder(nn.Module):
         return z_image, self.filter_code(z_image)
 
 
-class ShapeAutoEncoder(nn.Module):
-    """The STN as one module (used by exports): ``B, K, H, W`` soft or one-hot mask -> ``B, K, H, W`` logits."""
-
-    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-
-    def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(mask))
-
-
 def init_reference_weights(module: nn.Module) -> None:
     """The reference initialisation (docs/method.md section 1.3).
 
@@ -180,7 +169,7 @@ class CoopSegNet(nn.Module):
 
     Args:
         in_channels: image channels (1 for cine MR).
-        num_classes: segmentation classes including background.
+        num_classes: segmentation classes including background (default: the bundle's labels).
         width: channels of the first block; the latent code has ``8 * width`` channels (reference: 16).
         temperature: T in softmax(logits / T), the STN's view of a prediction (reference: 2).
         refine: whether ``forward`` returns the STN-refined logits.
@@ -190,7 +179,7 @@ class CoopSegNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        num_classes: int = 4,
+        num_classes: int = NUM_CLASSES,
         width: int = 16,
         temperature: float = 2.0,
         refine: bool = True,

@@ -24,7 +24,7 @@ from monailabel.utils.others.generic import name_to_device
 
 from ..bundle_code import bundle_module
 from ..errors import http_error, sentence, without_paths
-from ..nifti import NRRD_SUFFIXES, save_nifti, save_nrrd
+from ..nrrd_writer import NRRD_SUFFIXES, save_nrrd
 from .results import result_params
 
 logger = logging.getLogger(__name__)
@@ -38,17 +38,23 @@ class CoopSegInferTask(BundleInferTask):
 
     ``refine=True`` serves the STN-refined masks (``coopseg``), ``refine=False`` the FTN's alone
     (``coopseg_fast``): the bundle config's ``refine`` switch, which ``scripts.inference.inferer.CoopSegInferer`` reads.
-    Each call uses ``models/model.pt`` (the bundle's ``network_def`` with these weights, loaded strictly) if it
-    exists, else ``models/model.ts`` (TorchScript); a changed file (fine-tuning) is reloaded. The result params hold
+    Each call uses the weights the bundle serves (``scripts.weights.find_weights``): ``models/model.pt`` (the
+    bundle's ``network_def`` with these weights, loaded strictly) if it exists, else ``models/model.ts``
+    (TorchScript); a changed file (fine-tuning) is reloaded. The result params hold
     ``volumes_ml``, ``function`` (cine) and ``quality`` (see :func:`lib.infers.results.result_params`).
+    ``retain_cpu_memory=False`` sets the bundle config's switch of that name: the inferer leaves glibc's malloc alone.
     """
 
-    def __init__(self, path: str, conf: dict[str, str], refine: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, path: str, conf: dict[str, str], refine: bool = True, retain_cpu_memory: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(path, conf, type=InferType.SEGMENTATION, load_strict=True, **kwargs)
         if not self.is_valid():
             raise FileNotFoundError(f"{path}: no configs/inference.json or no weights in models/.")
         self.refine = refine
         self.bundle_config["refine"] = refine
+        if not retain_cpu_memory:
+            self.bundle_config["retain_cpu_memory"] = False
         self.description = (
             "CoopSeg FTN + STN: the fast-thinking network's mask refined by the slow-thinking shape network"
             if refine
@@ -58,15 +64,10 @@ class CoopSegInferTask(BundleInferTask):
         self._network_def: torch.nn.Module | None = self.network
         self._live: str | None = None
 
-    def model_files(self) -> tuple[Path, Path]:
-        models = Path(self.bundle_path) / "models"
-        return models / self.const.model_pytorch(), models / self.const.model_torchscript()
-
     def live_weights(self) -> Path | None:
-        for path in self.model_files():
-            if path.is_file():
-                return path
-        return None
+        """The weights file served now, by the bundle's rule (None: no weights)."""
+        bundle = Path(self.bundle_path)
+        return bundle_module(bundle, "weights").find_weights(bundle / "models")
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> dict[str, Any]:
         # monai 1.6.1's Spacingd updates every "image_*" entry as a metadata dict, and MONAI Label's request holds
@@ -182,5 +183,5 @@ class CoopSegInferTask(BundleInferTask):
         if suffix in NRRD_SUFFIXES:
             save_nrrd(codes, affine, path, compress=bool(data.get("result_compress", False)))
         else:
-            save_nifti(codes, affine, path)
+            bundle_module(Path(self.bundle_path), "data.nifti").write_nifti(codes, affine, path)
         return path, data[self.output_json_key]

@@ -1,9 +1,10 @@
 """What an inference reports next to its mask: structure volumes, cardiac function of a cine, and the quality score.
 
 All from what the inference produced (the label on the input grid and the per-frame FTN-STN disagreement of the same
-network pass), with the bundle's own code: ``scripts.evaluation.function`` for volumes and function indices,
-``scripts.inference.quality.frame_quality_scores`` for the scores, and the bundle's ``quality_threshold``. The
-values go into MONAI Label's result ``params`` (JSON), which a client such as 3D Slicer receives with the mask.
+network pass), with the bundle's own code: ``scripts.cardiac_function`` for volumes and function indices,
+``scripts.inference.quality`` for the scores (``frame_quality_scores``), the worst frame and the flag rule, and the
+bundle's ``quality_threshold``. The values go into MONAI Label's result ``params`` (JSON), which a client such as
+3D Slicer receives with the mask.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ def cardiac_function(function: Any, volumes: Any, case: str) -> dict[str, Any]:
     return {"function": indices}
 
 
-def quality(scores: dict[str, Sequence[float]] | None, threshold: float | None, reason: str) -> dict[str, Any]:
-    """The worst frame's FTN-STN disagreement, its frame, every frame's score and the flag (score > threshold).
+def quality(
+    rule: Any, scores: dict[str, Sequence[float]] | None, threshold: float | None, reason: str
+) -> dict[str, Any]:
+    """The worst frame's FTN-STN disagreement, its frame, every frame's score and the flag, by the bundle's ``rule``
+    (``scripts.inference.quality``: ``worst_frame``, ``is_flagged``).
 
     ``scores``: per-frame ``disagreement_score`` and ``entropy_score``; None when the model has no score
     (``reason`` says why).
@@ -50,12 +54,12 @@ def quality(scores: dict[str, Sequence[float]] | None, threshold: float | None, 
     if not scores:
         return {"disagreement_score": None, "flag": None, "threshold": threshold, "message": reason}
     frames = [float(s) for s in scores["disagreement_score"]]
-    worst = int(np.argmax(frames))
+    worst, score = rule.worst_frame(frames)
     result: dict[str, Any] = {
-        "disagreement_score": _number(frames[worst], 4),
+        "disagreement_score": _number(score, 4),
         "entropy_score": _number(scores["entropy_score"][worst], 4),
         "threshold": threshold,
-        "flag": None if threshold is None else frames[worst] > threshold,
+        "flag": rule.is_flagged(score, threshold),
     }
     if len(frames) > 1:
         result.update(frame=worst, frame_scores=[_number(s, 4) for s in frames])
@@ -73,12 +77,12 @@ def result_params(
 ) -> dict[str, Any]:
     """The result params of one inference: ``volumes_ml``, for a cine ``function`` (or ``function_message``), and
     ``quality``. ``label`` is ``H, W, D`` or ``F, H, W, D`` (frames first, as the inference returns a cine)."""
-    function = bundle_module(bundle, "evaluation.function")
+    function = bundle_module(bundle, "cardiac_function")
     codes = np.asarray(label)
     codes = np.moveaxis(codes, 0, -1) if codes.ndim == 4 else codes
     volumes = function.measure_volumes(codes, affine, name=case)
     params: dict[str, Any] = {"volumes_ml": volumes_ml(volumes)}
     if volumes.n_frames > 1:
         params.update(cardiac_function(function, volumes, case))
-    params["quality"] = quality(scores, threshold, no_score_reason)
+    params["quality"] = quality(bundle_module(bundle, "inference.quality"), scores, threshold, no_score_reason)
     return params

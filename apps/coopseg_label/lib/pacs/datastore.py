@@ -18,7 +18,6 @@ What changes from MONAI Label's own DICOMweb datastore:
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -37,9 +36,10 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
+from ..bundle_code import bundle_module
 from ..errors import http_error, sentence
 from .connection import PacsSettings
-from .series import label_to_dicom_seg, series_to_nifti, temporary_folder
+from .series import label_to_dicom_seg, series_to_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -155,13 +155,9 @@ class PacsDatastore(DICOMWebDatastore):
         if target.is_dir() and any(target.iterdir()) and self._instances_in_pacs(image_id) in (None, _count(target)):
             return target
         study = self._study_of(image_id)
-        partial = temporary_folder(target.parent, "download")
-        try:
+        with bundle_module(self.bundle, "files").staged_dir(target) as partial:  # renamed into place when complete
             dicom_web_download_series(study, image_id, str(partial), self._client)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(partial, target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # an outdated copy
         return target
 
     def is_retrieved(self, image_id: str) -> bool:

@@ -10,7 +10,6 @@ masks inferred on the NIfTI lie on the series' voxels.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from ..bundle_code import bundle_module
 from ..errors import http_error, problem_of, sentence
-from ..nifti import save_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ def series_to_nifti(bundle: Path, series_dir: Path, name: str, target: Path) -> 
     except dicom.VolumeError as e:
         raise http_error(422, sentence(problem_of(e), f"in series {name}"), str(e)) from e
     cine = grid.shape[3] > 1
-    save_nifti(_compact(image if cine else image[..., 0]), grid.affine, target)
+    bundle_module(bundle, "data.nifti").write_nifti(_compact(image if cine else image[..., 0]), grid.affine, target)
     first = grid.headers[0][0]
     info = {k: str(first.get(k, "")) for k in INFO_KEYWORDS}
     info.update(shape=list(grid.shape), frames=grid.shape[3], instances=grid.shape[2] * grid.shape[3])
@@ -73,9 +71,3 @@ def label_to_dicom_seg(bundle: Path, label_file: str, series_dir: Path, name: st
     except (volumes.VolumeError, dicom.VolumeError) as e:
         cause = problem_of(e, f"label for series {name}")
         raise http_error(422, sentence(cause, f"for series {name}", "nothing was stored"), str(e)) from e
-
-
-def temporary_folder(root: Path, prefix: str) -> Path:
-    """A new hidden folder in ``root`` (on the cache's file system, so it can be renamed into place)."""
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root, prefix=f".{prefix}-"))

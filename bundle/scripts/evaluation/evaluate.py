@@ -23,15 +23,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.data.utils import affine_to_spacing
 
-from ..data.datalist import DatasetError, ensure_synthetic_dataset, load_datalist
+from ..cardiac_function import LabelVolumes, measure_volumes
+from ..data.datalist import ensure_synthetic_dataset, load_datalist
+from ..data.errors import DatasetError
+from ..engine.evaluator import CooperativeEvaluator
 from ..inference.quality import QUALITY_KEYS
 from ..weights import load_weights, require_weights
-from .function import LabelVolumes, measure_volumes
+from .agreement import function_pairs, write_agreement_report
 from .metrics import volume_metrics
+from .report import write_evaluation_report
 
 __all__ = [
     "OUTPUTS",
@@ -239,10 +244,6 @@ class TestSetEvaluation:
 
     def evaluate_set(self, name: str, entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per-volume rows of one test set."""
-        from ignite.contrib.handlers import ProgressBar
-
-        from ..engine.evaluator import CooperativeEvaluator
-
         loader = DataLoader(
             Dataset(list(entries), transform=self.preprocessing),
             batch_size=1,
@@ -268,8 +269,6 @@ class TestSetEvaluation:
 
     def write_function_agreement(self) -> list[Path]:
         """The function agreement of the test sets with ED/ES pairs (none: nothing written)."""
-        from .agreement import function_pairs, write_agreement_report
-
         results, notes = {}, {}
         for name, items in self.function_volumes.items():
             cases, remarks = function_pairs(items, name)
@@ -283,8 +282,6 @@ class TestSetEvaluation:
 
     def run(self) -> list[dict[str, Any]]:
         """Evaluate every test set, write the outputs into ``output_dir`` and return all rows."""
-        from .report import write_evaluation_report
-
         if self.ckpt_path:
             load_weights(self.network, require_weights(self.ckpt_path, option="--ckpt_path"), self.device)
         self.network.eval()

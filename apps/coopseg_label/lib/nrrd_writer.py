@@ -1,24 +1,16 @@
-"""Writing label files the way the app serves them: NIfTI with the affine (RAS) stored as both sform and qform, or
-NRRD in LPS (what OHIF's MONAI Label panel asks for), 4D cines included."""
+"""Writing a label as NRRD in LPS, the format OHIF's MONAI Label panel asks for, 4D cines included.
+
+NIfTI labels are written by the bundle's own writer (``scripts.data.nifti.write_nifti``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import nrrd
 import numpy as np
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write ``array`` on ``affine`` (voxel index to RAS mm), sform and qform code 1, as scanners' converters do."""
-    image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-    image.set_sform(image.affine, code=1)
-    image.set_qform(image.affine, code=1)
-    nib.save(image, str(path))
-    return Path(path)
 
 
 def save_nrrd(array: np.ndarray, affine: np.ndarray, path: str | Path, compress: bool = False) -> Path:
