@@ -182,6 +182,12 @@ def main() -> None:
         for name, seconds in parts.items():
             print(f"  {name:36s} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
         print(f"  {'total':36s} {total:7.3f} s")
+        extras = parts["latent gradients (targeted masks)"] + parts["masking + decoding hard examples"]
+        standard = parts["standard forward"] + parts["standard backward"] + parts["optimiser step"]
+        print(f"the two extras (the masks' gradient, the masked decoding): {extras:.3f} s, "
+              f"{100 * extras / total:.1f} % of the iteration")
+        print(f"cooperative / its standard part: {total / standard:.2f}; without the extras: "
+              f"{(total - extras) / standard:.2f}")
         return
     runs = {}  # name -> one timed iteration, returning its seconds
     if args.gradient_reuse:

@@ -75,3 +75,22 @@ def test_trend_says_where_the_line_points_and_no_further() -> None:
     assert "at or above +0.05 within the measured budgets" in reached
     other = "\n".join(trend_markdown({"cooperative-augmented": rising}))
     assert "rising" in other and "reaches" not in other
+
+
+def test_the_verdict_needs_both_intervals() -> None:
+    """Ahead or behind only when the bootstrap interval and the t-interval over seeds both exclude 0; the criterion's
+    interval part likewise; a t-interval that could not be computed (one seed) holds 0."""
+    bootstrap_only = _difference(0.06, 0.02, 0.10)
+    bootstrap_only["shifted_avg"] = {**bootstrap_only["shifted_avg"], "t_low": -0.01, "t_high": 0.13}
+    both = _difference(0.06, 0.02, 0.10)
+    both["shifted_avg"] = {**both["shifted_avg"], "t_low": 0.01, "t_high": 0.11}
+    below = _difference(-0.06, -0.10, -0.02)
+    below["shifted_avg"] = {**below["shifted_avg"], "t_low": -0.12, "t_high": float("nan")}
+    differences = _differences(bootstrap_only, both, below)
+    assert budget_verdicts(differences, "cooperative-standard") == {250: "level", 500: "ahead", 1000: "level"}
+    result = criterion(_differences(bootstrap_only))
+    assert result["parts"]["interval"] is False and not result["met"]
+    assert criterion(_differences(both))["met"]
+    text = "\n".join(verdict_markdown(_differences(bootstrap_only), ["cooperative-standard"], "FTN"))
+    assert "FTN, per budget" in text and "Criterion at 250 iterations (FTN)" in text
+    assert "t-interval from -0.010" in text and "missing: both intervals above 0" in text

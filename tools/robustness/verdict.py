@@ -1,9 +1,12 @@
 """What the learning curves show, in words: per budget whether one arm is ahead of another, from which budget it stays
 ahead, and whether the experiment's success criterion is met, all read from the paired differences alone.
 
-A difference ``a - b`` at one budget is *ahead* when its 95 % interval lies above 0, *behind* when it lies below 0 and
-*level* otherwise. The criterion (cooperative against standard at the largest budget): a gain of at least
-``TARGET_GAIN`` on the shifted average with its interval above 0, an in-domain difference of at least
+Each difference carries two 95 % intervals (:mod:`.stats`): the hierarchical bootstrap over seeds and subjects
+(``low``, ``high``) and the t-interval over the per-seed differences (``t_low``, ``t_high``, when measured). **The
+verdict uses both**: a difference ``a - b`` at one budget is *ahead* when both intervals lie above 0, *behind* when
+both lie below 0 and *level* otherwise (an interval that could not be computed, from one seed, counts as holding 0).
+The criterion (cooperative against standard at the largest budget, stated for FTN+STN): a gain of at least
+``TARGET_GAIN`` on the shifted average with both intervals above 0, an in-domain difference of at least
 ``IN_DOMAIN_TOLERANCE``, from at least ``MIN_SEEDS`` seeds.
 
 The trend (:class:`~.stats.Trend`) is a straight line through a difference against log2(iterations): *rising* when
@@ -35,10 +38,19 @@ IN_DOMAIN_TOLERANCE = -0.01
 MIN_SEEDS = 3
 
 
+def _above_zero(difference: Mapping[str, float]) -> bool:
+    """Whether every interval of ``difference`` lies above 0 (NaN bounds never do)."""
+    return difference["low"] > 0 and ("t_low" not in difference or difference["t_low"] > 0)
+
+
+def _below_zero(difference: Mapping[str, float]) -> bool:
+    return difference["high"] < 0 and ("t_high" not in difference or difference["t_high"] < 0)
+
+
 def _verdict(difference: Mapping[str, float]) -> str:
-    if difference["low"] > 0:
+    if _above_zero(difference):
         return "ahead"
-    if difference["high"] < 0:
+    if _below_zero(difference):
         return "behind"
     return "level"
 
@@ -71,19 +83,23 @@ def criterion(differences: Mapping[int, Mapping[str, Any]], comparison: str = "c
     shifted, in_domain = differences[budget][comparison]["shifted_avg"], differences[budget][comparison]["in_domain"]
     parts = {
         "gain": shifted["mean"] >= TARGET_GAIN,
-        "interval": shifted["low"] > 0,
+        "interval": _above_zero(shifted),
         "in_domain": in_domain["mean"] >= IN_DOMAIN_TOLERANCE,
         "seeds": int(shifted["n_seeds"]) >= MIN_SEEDS,
     }
     return {"budget": budget, "n_seeds": int(shifted["n_seeds"]), "parts": parts, "met": all(parts.values()),
-            "shifted": shifted["mean"], "shifted_low": shifted["low"], "in_domain": in_domain["mean"]}  # fmt: skip
+            "shifted": shifted["mean"], "shifted_low": shifted["low"], "shifted_t_low": shifted.get("t_low"),
+            "in_domain": in_domain["mean"]}  # fmt: skip
 
 
-def verdict_markdown(differences: Mapping[int, Mapping[str, Any]], comparisons: Sequence[str]) -> list[str]:
-    """The report's "What the curves show" section (lines of Markdown)."""
-    lines = ["## What the curves show", "",
-             "Per budget, shifted average: *ahead* when the 95 % interval of the difference lies above 0, *behind* "
-             "when below, *level* otherwise.", ""]  # fmt: skip
+def verdict_markdown(
+    differences: Mapping[int, Mapping[str, Any]], comparisons: Sequence[str], output: str = "FTN+STN",
+    heading: str = "## What the curves show",
+) -> list[str]:  # fmt: skip
+    """The report's "What the curves show" section for one output (lines of Markdown)."""
+    lines = [heading, "",
+             f"{output}, per budget, shifted average: *ahead* when both 95 % intervals of the difference (bootstrap "
+             "and t) lie above 0, *behind* when both lie below, *level* otherwise.", ""]  # fmt: skip
     for comparison in comparisons:
         verdicts = budget_verdicts(differences, comparison)
         if not verdicts:
@@ -102,7 +118,7 @@ def verdict_markdown(differences: Mapping[int, Mapping[str, Any]], comparisons: 
         lines.append(f"- {a} - {b}: {steps}. {tail}")
     result = criterion(differences)
     if result["budget"] is not None:
-        lines += ["", f"Criterion at {result['budget']} iterations, {criterion_sentence(result)}."]
+        lines += ["", f"Criterion at {result['budget']} iterations ({output}), {criterion_sentence(result)}."]
     return lines
 
 
@@ -111,13 +127,16 @@ def criterion_sentence(result: Mapping[str, Any]) -> str:
     parts = result["parts"]
     missing = [text for key, text in (
         ("gain", f"a shifted gain of at least {TARGET_GAIN:+.2f}"),
-        ("interval", "an interval above 0"),
+        ("interval", "both intervals above 0"),
         ("in_domain", f"in-domain at least {IN_DOMAIN_TOLERANCE:+.2f}"),
         ("seeds", f"at least {MIN_SEEDS} seeds"),
     ) if not parts[key]]  # fmt: skip
     status = "met" if result["met"] else "not met (missing: " + "; ".join(missing) + ")"
-    return (f"cooperative - standard with {result['n_seeds']} seed(s): shifted {result['shifted']:+.3f} (interval "
-            f"from {result['shifted_low']:+.3f}), in-domain {result['in_domain']:+.3f}: {status}")  # fmt: skip
+    t_low = result.get("shifted_t_low")
+    t_text = f", t-interval from {t_low:+.3f}" if t_low is not None and t_low == t_low else ""
+    return (f"cooperative - standard with {result['n_seeds']} seed(s): shifted {result['shifted']:+.3f} (bootstrap "
+            f"interval from {result['shifted_low']:+.3f}{t_text}), in-domain {result['in_domain']:+.3f}: "
+            f"{status}")  # fmt: skip
 
 
 def trend_direction(trend: Trend) -> str:
@@ -139,9 +158,11 @@ def _iterations(value: float, last: int) -> str:
     return f"about {float(f'{value:.2g}'):,.0f} iterations"
 
 
-def trend_markdown(trends: Mapping[str, Trend | None], target_comparison: str = "cooperative-standard") -> list[str]:
+def trend_markdown(
+    trends: Mapping[str, Trend | None], target_comparison: str = "cooperative-standard", heading: str = "## Trend"
+) -> list[str]:
     """The report's "Trend" section (lines of Markdown) for ``{comparison: Trend or None}``."""
-    lines = ["## Trend", "",
+    lines = [heading, "",
              "A straight line through each shifted-average difference against log2(iterations), fitted to the seeds "
              "that have every budget; its slope is the change per doubling of the budget, with a 95 % interval from "
              "the same hierarchical bootstrap (*rising* when the interval lies above 0, *falling* when below, *flat* "

@@ -1,12 +1,12 @@
 """Resumable training: the full training state saved at every epoch end and restored with MONAI's checkpoint handlers.
 
 A training state file ``<ckpt_dir>/training_state_checkpoint_epoch=<n>.pt`` (the newest only) holds the network,
-the optimiser, the learning-rate scheduler, the trainer (epoch and iteration) and the run's :class:`TrainingProgress`:
-every random stream (torch, CUDA, numpy, Python, and each randomizable transform of the training dataset), the
-validator's best metric and the best-model saver's record. :class:`SaveTrainingState` writes it with MONAI's
-``CheckpointSaver``; :class:`ResumeTraining` restores it with MONAI's ``CheckpointLoader`` before the first iteration,
-so an interrupted run continues exactly where its last completed epoch left it: the same batches, augmentations,
-latent masks and updates as the run that was never interrupted.
+the optimiser, the learning-rate scheduler, the weight average when one is kept, the trainer (epoch and iteration) and
+the run's :class:`TrainingProgress`: every random stream (torch, CUDA, numpy, Python, and each randomizable transform
+of the training dataset), the validator's best metric and the best-model saver's record. :class:`SaveTrainingState`
+writes it with MONAI's ``CheckpointSaver``; :class:`ResumeTraining` restores it with MONAI's ``CheckpointLoader``
+before the first iteration, so an interrupted run continues exactly where its last completed epoch left it: the same
+batches, augmentations, latent masks and updates as the run that was never interrupted.
 
 Both handlers add the engine they are attached to as ``trainer`` to the objects they save or load, so a config can
 list them among the trainer's own handlers without referring to the trainer (a reference cycle).
@@ -262,11 +262,14 @@ class _TrainingState:
         dataset: Any = None,
         validator: Engine | None = None,
         best_checkpoint: Any = None,
+        averaged_network: torch.nn.Module | None = None,
     ) -> None:
         self.ckpt_dir = Path(ckpt_dir)
         self.objects: dict[str, Any] = {"model": network, "optimizer": optimizer}
         if lr_scheduler is not None:
             self.objects["lr_scheduler"] = lr_scheduler
+        if averaged_network is not None:  # the weight average (scripts.engine.averaging), continued on resume
+            self.objects["averaged_network"] = averaged_network
         self.objects["progress"] = TrainingProgress(dataset, validator, best_checkpoint)
 
     def objects_for(self, engine: Engine) -> dict[str, Any]:
@@ -281,6 +284,7 @@ class SaveTrainingState(_TrainingState):
         ckpt_dir: where ``training_state_checkpoint_epoch=<n>.pt`` is written.
         network, optimizer, lr_scheduler: the trained objects (the scheduler may be None).
         dataset, validator, best_checkpoint: see :class:`TrainingProgress`.
+        averaged_network: the weight average of :mod:`scripts.engine.averaging`, or None.
         interval: epochs between saves (1: every epoch).
 
     Attach it after the validation handler, so the saved state includes that epoch's validation.

@@ -174,6 +174,7 @@ def hard_terms(
     separate_training: bool = False,
     recon_weight: float = 0.5,
     reference_bn: bool = True,
+    train_stn: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The four hard terms: ``hard_seg``, ``hard_recon``, ``hard_shape`` and ``hard_corrupted_shape``.
 
@@ -181,19 +182,25 @@ def hard_terms(
     statistics without tracking them, and their BN gamma/beta get no gradient from these terms; the image decoder's
     BN is tracked and trained as usual [quirk]. With ``reference_bn=False`` all five parts use untracked batch
     statistics here and all BN affine parameters are trained.
+
+    ``train_stn=False`` (an ablation; the reference trains the STN here): the STN's parameters get no gradient from
+    these terms, so it learns from the standard terms only; ``hard_shape`` still trains the FTN through the STN, and
+    ``hard_corrupted_shape`` (the STN alone on a corrupted segmentation) then trains nothing.
     """
     ftn_stn = (net.image_encoder, net.segmentation_decoder, net.shape_encoder, net.shape_decoder)
+    stn = () if train_stn else (net.shape_encoder, net.shape_decoder)
     with untracked_batchnorm(*ftn_stn, freeze_affine=reference_bn):
         z_image, z_shape = net.image_encoder(hard.hard_image)
         seg_logits = net.segmentation_decoder(z_shape)
         stn_view = net.shape_input(seg_logits.detach() if separate_training else seg_logits)
-        losses = {
-            "hard_seg": pixel_cross_entropy(seg_logits, label),
-            "hard_shape": pixel_cross_entropy(net.reconstruct_shape(stn_view), label),
-            "hard_corrupted_shape": pixel_cross_entropy(
-                net.reconstruct_shape(net.shape_input(hard.hard_seg_logits)), label
-            ),
-        }
+        with frozen_parameters(*stn):
+            losses = {
+                "hard_seg": pixel_cross_entropy(seg_logits, label),
+                "hard_shape": pixel_cross_entropy(net.reconstruct_shape(stn_view), label),
+                "hard_corrupted_shape": pixel_cross_entropy(
+                    net.reconstruct_shape(net.shape_input(hard.hard_seg_logits)), label
+                ),
+            }
     image_decoder_bn = () if reference_bn else (net.image_decoder,)
     with untracked_batchnorm(*image_decoder_bn):
         losses["hard_recon"] = reconstruction_loss(net.image_decoder(z_image), clean_image, recon_weight)

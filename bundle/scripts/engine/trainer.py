@@ -148,6 +148,8 @@ class CooperativeStep(torch.nn.Module):
         recon_weight: float = 0.5,
         reference_bn: bool = True,
         schemes: tuple[str | None, str | None] | None = None,
+        train_stn: bool = True,
+        terms_off: Sequence[str] = (),
     ) -> Any:
         if part == "standard":
             std = standard_terms(self.network, image, clean_image, label, separate_training, recon_weight)
@@ -158,7 +160,10 @@ class CooperativeStep(torch.nn.Module):
                     std.gradients)  # fmt: skip
         if part == "hard":
             hard = HardExamples(hard_image, hard_seg_logits, "", "")
-            return hard_terms(self.network, hard, clean_image, label, separate_training, recon_weight, reference_bn)
+            losses = hard_terms(self.network, hard, clean_image, label, separate_training, recon_weight, reference_bn,
+                                train_stn)
+            # terms left out are returned detached, so DDP does not wait for gradients they would have given
+            return {k: v.detach() if k in terms_off else v for k, v in losses.items()}
         raise ValueError(f"part must be 'standard' or 'hard', got {part!r}.")
 
 
@@ -195,6 +200,10 @@ class CooperativeTrainer(Trainer):
         separate_training: detach FTN logits before the STN, blocking the STN-to-FTN gradient (reference False).
         reference_bn: BatchNorm handling of the hard terms as in the reference [quirk]; see
             :func:`scripts.engine.cooperative.hard_terms`.
+        hard_terms_off: hard terms left out of the objective (an ablation; the reference optimises all four of
+            :data:`HARD_TERMS`). They are still computed and logged, detached.
+        stn_hard_training: whether the hard terms train the STN's parameters (the reference: True); False trains the
+            STN on the standard terms only (see :func:`scripts.engine.cooperative.hard_terms`'s ``train_stn``).
         prepare_batch: returns ``(images, labels)`` on the device.
         train_handlers: ignite/MONAI handlers (checkpointing, stats, validation); ``None`` entries are skipped.
         amp: mixed precision on CUDA.
@@ -221,6 +230,8 @@ class CooperativeTrainer(Trainer):
         recon_weight: float = 0.5,
         separate_training: bool = False,
         reference_bn: bool = True,
+        hard_terms_off: Sequence[str] = (),
+        stn_hard_training: bool = True,
         prepare_batch: Callable = default_prepare_batch,
         train_handlers: Sequence | None = None,
         amp: bool = False,
@@ -236,6 +247,9 @@ class CooperativeTrainer(Trainer):
                 "(see configs/multi_gpu_train.json)."
             )
         net = unwrap_network(network)
+        unknown = sorted(set(hard_terms_off) - set(HARD_TERMS))
+        if unknown:
+            raise ValueError(f"hard_terms_off: unknown terms {unknown}; expected some of {list(HARD_TERMS)}.")
         terms = ("loss",) + STANDARD_TERMS + (HARD_TERMS if latent_da else ())
         averages = {f"train_{t}": _term_average(t) for t in terms}
         super().__init__(
@@ -268,6 +282,8 @@ class CooperativeTrainer(Trainer):
         self.recon_weight = recon_weight
         self.separate_training = separate_training
         self.reference_bn = reference_bn
+        self.hard_terms_off = frozenset(hard_terms_off)
+        self.stn_hard_training = stn_hard_training
 
     @staticmethod
     def _forward(engine: CooperativeTrainer, compute: Callable[[], Any]) -> Any:
@@ -315,11 +331,14 @@ class CooperativeTrainer(Trainer):
             ))
             hard_losses = self._forward(engine, lambda: engine.step(
                 "hard", image, label, hard_image=hard.hard_image, hard_seg_logits=hard.hard_seg_logits,
-                reference_bn=engine.reference_bn, **options,
+                reference_bn=engine.reference_bn, train_stn=engine.stn_hard_training,
+                terms_off=tuple(engine.hard_terms_off), **options,
             ))
             losses.update(hard_losses)
-            self._backward(engine, torch.stack(list(hard_losses.values())).sum())
-        loss = torch.stack([v.detach() for v in losses.values()]).sum()
+            trained = [v for k, v in hard_losses.items() if k not in engine.hard_terms_off and v.requires_grad]
+            if trained:
+                self._backward(engine, torch.stack(trained).sum())
+        loss = torch.stack([v.detach() for k, v in losses.items() if k not in engine.hard_terms_off]).sum()
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
