@@ -34,6 +34,7 @@ from lib.bundle_code import bundle_module
 from lib.datastore import CoopSegDatastore, check_image_file
 from lib.errors import http_error
 from lib.infers import CoopSegInferTask
+from lib.infers.interactive import interactive_tasks
 from lib.pacs import PacsConnectionError, PacsDatastore, is_url, open_pacs
 from lib.scoring import DisagreementScoring
 from lib.security import check_bind_host
@@ -52,6 +53,7 @@ from monailabel.tasks.activelearning.random import Random
 logger = logging.getLogger(__name__)
 
 MODELS = {"coopseg": True, "coopseg_fast": False}  # name -> STN refinement
+INTERACTIVE = ("coopseg_scribbles", "coopseg_clicks")  # corrections of a mask (lib/infers/interactive.py)
 
 
 def _flag(conf: dict[str, str], key: str) -> bool:
@@ -59,7 +61,8 @@ def _flag(conf: dict[str, str], key: str) -> bool:
 
 
 class CoopSegApp(MONAILabelApp):
-    """Infer models ``coopseg`` (FTN + STN, default) and ``coopseg_fast`` (FTN), trainer ``coopseg``, active learning
+    """Infer models ``coopseg`` (FTN + STN, default) and ``coopseg_fast`` (FTN), interactive models
+    ``coopseg_scribbles`` and ``coopseg_clicks`` (corrections of a mask), trainer ``coopseg``, active learning
     ``disagreement``, ``random`` and ``first``, over a datastore that validates uploads."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
@@ -105,7 +108,11 @@ class CoopSegApp(MONAILabelApp):
         if self.workspace.weights() is None:
             logger.warning(self.workspace.status()["message"])
             return {}
-        return {name: CoopSegInferTask(str(self.workspace.path), self.conf, refine=r) for name, r in MODELS.items()}
+        tasks: dict[str, InferTask] = {
+            name: CoopSegInferTask(str(self.workspace.path), self.conf, refine=r) for name, r in MODELS.items()
+        }
+        tasks.update(interactive_tasks(str(self.workspace.path), self.conf, lambda: self._datastore))
+        return tasks
 
     def init_trainers(self) -> dict[str, TrainTask]:
         if _flag(self.conf, "skip_trainers"):
@@ -141,8 +148,8 @@ class CoopSegApp(MONAILabelApp):
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         model = request.get("model")
         tasks = self._infer_tasks()
-        if model not in MODELS:
-            raise http_error(404, f"unknown model '{model}'; available: {', '.join(MODELS)}.")
+        if model not in MODELS and model not in INTERACTIVE:
+            raise http_error(404, f"unknown model '{model}'; available: {', '.join([*MODELS, *INTERACTIVE])}.")
         if model not in tasks:
             raise http_error(503, self.workspace.status()["message"])
         image = request.get("image")

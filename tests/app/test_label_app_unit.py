@@ -71,7 +71,7 @@ def test_no_weights_statement_then_weights_go_live(app_modules, tmp_path: Path) 
     assert err.value.status_code == 503 and "NO TRAINED WEIGHTS" in err.value.detail
     # weights appearing in the app's models folder (as after training from scratch) go live without a restart
     torch.save(CoopSegNet().state_dict(), app.workspace.models / "model.pt")
-    assert set(app.info()["models"]) == {"coopseg", "coopseg_fast"}
+    assert set(app.info()["models"]) == {"coopseg", "coopseg_fast", "coopseg_scribbles", "coopseg_clicks"}
     result = app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
     assert nib.load(result["label"]).shape == nib.load(tmp_path / "studies" / "case0.nii.gz").shape
 
@@ -198,7 +198,7 @@ def test_inference_only_deployment(app_modules, tmp_path: Path) -> None:
     )
     info = app.info()
     assert info["trainers"] == {} and info["strategies"] == {} and info["scoring"] == {}
-    assert set(info["models"]) == {"coopseg", "coopseg_fast"}
+    assert set(info["models"]) == {"coopseg", "coopseg_fast", "coopseg_scribbles", "coopseg_clicks"}
     result = app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
     assert nib.load(result["label"]).shape == nib.load(tmp_path / "studies" / "case0.nii.gz").shape
 
