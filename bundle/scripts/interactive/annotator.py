@@ -31,6 +31,7 @@ __all__ = [
     "mean_dice_after",
     "noi",
     "paint",
+    "seed_map",
     "simulate",
     "slice_dice",
     "stroke_along",

@@ -8,13 +8,14 @@ and every seed keeps the label the user gave it.
 
 Methods (:class:`RefinementSettings`):
 
-* ``shape`` (default): each seed's label spreads over the pixels that carry the same current label as the seed (the
-  same mistake), along paths that do not cross image edges (a geodesic distance), as far as it outweighs the
-  model's probabilities; the region's border is then moved onto the strongest image edge within a few pixels (a
-  graph cut in that band); finally, near the changed pixels, the corrected probabilities are fused with the STN's
-  reconstruction of them, so a corrected structure drags its neighbours along (e.g. the myocardium around an LV
-  the user added);
-* ``geodesic``: the same without the shape prior;
+* ``geodesic`` (default): each seed's label spreads over the pixels that carry the same current label as the seed
+  (the same mistake), along paths that do not cross image edges (a geodesic distance; corrections to background,
+  which is many tissues, by distance alone), as far as it outweighs the model's probabilities (the FTN + STN
+  probabilities of the automatic mask, floored so a confidently wrong model is still corrected); the region's border
+  then moves onto the strongest image edge within a few pixels (a graph cut in that band);
+* ``shape``: the same, then, near the changed pixels, the corrected probabilities are fused with the STN's
+  reconstruction of them, so a corrected structure can drag its neighbours along (e.g. the myocardium around an LV
+  the user added); chosen against ``geodesic`` by measurement (``bench/interactive.py``);
 * ``graphcut``: MONAI Label's scribbles approach, per corrected label against the rest: ISeg unaries (the model's
   probabilities, seeds fixed) and a contrast-sensitive pairwise term, solved exactly by max-flow.
 """
@@ -46,9 +47,17 @@ class RefinementSettings:
             ``g`` being the smoothed image's intensity change per pixel beyond the slice's noise (``noise_floor``
             times its median intensity change).
         noise_floor: see ``edge_weight``.
+        intensity_weight: cost per unit of intensity difference from the seeds' median intensity (beyond
+            ``intensity_tolerance``) of a path step: a correction spreads over pixels that look like the seeds.
+        intensity_tolerance: see ``intensity_weight``.
+        background_edges: whether corrections to background stop at edges too (background is many tissues, so a
+            false structure may hold edges of its own); if not, they spread by distance alone.
         smoothing: Gaussian sigma applied to the image before its gradient.
         reach: geodesic distance at which a correction's weight has fallen to one half (from about 1 to about 0
             over ``0.3 * reach`` around it).
+        scribble_reach: ``reach`` of a group of more than ``click_pixels`` seeds (a scribble): a stroke already
+            marks the extent of what it corrects, so it reaches less far than a click, which marks only its centre.
+        click_pixels: see ``scribble_reach`` (a click on a finer grid than the network's covers up to 4 pixels).
         evidence: how much a correction outweighs the model: a pixel's log-probability of the corrected label grows
             by ``evidence * weight``, and the pixel takes the label where that makes it the most likely one.
         confidence_floor: the belief's probabilities count at least this much against a correction (a model 99.9 %
@@ -63,11 +72,16 @@ class RefinementSettings:
         sigma: graph cuts: intensity scale of the pairwise term.
     """
 
-    method: str = "shape"
+    method: str = "geodesic"
     edge_weight: float = 300.0
     noise_floor: float = 2.5
+    intensity_weight: float = 0.0
+    intensity_tolerance: float = 0.1
+    background_edges: bool = False
     smoothing: float = 1.0
-    reach: float = 40.0
+    reach: float = 25.0
+    scribble_reach: float = 10.0
+    click_pixels: int = 4
     evidence: float = 6.0
     confidence_floor: float = 0.01
     band: int = 3
@@ -106,33 +120,47 @@ def _disc(radius: int) -> np.ndarray:
     return yy**2 + xx**2 <= radius**2
 
 
-def edge_costs(image: np.ndarray, settings: RefinementSettings) -> np.ndarray:
-    """``H, W`` per-pixel cost of geodesic paths: 1 in flat regions, more on edges."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), settings.smoothing) if settings.smoothing else image
+def _smooth(image: np.ndarray, settings: RefinementSettings) -> np.ndarray:
+    image = image.astype(np.float32)
+    return ndimage.gaussian_filter(image, settings.smoothing) if settings.smoothing else image
+
+
+def edge_costs(smooth: np.ndarray, settings: RefinementSettings) -> np.ndarray:
+    """``H, W`` per-pixel cost of geodesic paths on the smoothed image: 1 in flat regions, more on edges."""
     gradient = np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1)) / 8.0  # intensity change per pixel
     floor = settings.noise_floor * float(np.median(gradient))
     return 1.0 + settings.edge_weight * np.maximum(gradient - floor, 0.0)
 
 
 def spread_corrections(
-    costs: np.ndarray, prior: np.ndarray, seeds: np.ndarray, reach: float
+    smooth: np.ndarray, prior: np.ndarray, seeds: np.ndarray, settings: RefinementSettings
 ) -> list[tuple[int, int, np.ndarray]]:
     """``[(given label, current label, weight H, W), ...]``, one per group of seeds with the same given label and
     the same current label at the seed.
 
     A group spreads only over pixels whose current label is the seed's (the same mistake, or the same right answer
-    when the user confirms a label), along the cheapest path under ``costs``, with weight
-    ``1 / (1 + exp((distance - reach) / (0.075 * reach)))`` (1 at the seed, 0 where it cannot go).
+    when the user confirms a label), along the cheapest path, a step costing 1 plus the edge term of
+    :func:`edge_costs` plus ``intensity_weight`` times the pixel's intensity difference from the seeds' median
+    beyond ``intensity_tolerance``; the weight is ``1 / (1 + exp((distance - reach) / (0.075 * reach)))`` (1 at the
+    seed, 0 where the group cannot go), ``reach`` being ``settings.reach`` for a click and
+    ``settings.scribble_reach`` for a scribble.
     """
     from skimage.graph import MCP_Geometric
 
+    edges = edge_costs(smooth, settings)
     groups = []
     marked = seeds >= 0
     for given, current in sorted({(int(g), int(c)) for g, c in zip(seeds[marked], prior[marked], strict=True)}):
         own = marked & (seeds == given)
-        sources = np.argwhere(own & (prior == current))
+        sources = own & (prior == current)
+        reach = settings.reach if sources.sum() <= settings.click_pixels else settings.scribble_reach
+        if given == 0 and not settings.background_edges:
+            costs = np.ones_like(edges)
+        else:
+            difference = np.abs(smooth - float(np.median(smooth[sources])))
+            costs = edges + settings.intensity_weight * np.maximum(difference - settings.intensity_tolerance, 0.0)
         passable = np.where((prior == current) | own, costs, np.inf)
-        distance, _ = MCP_Geometric(passable, fully_connected=True).find_costs([tuple(p) for p in sources])
+        distance, _ = MCP_Geometric(passable, fully_connected=True).find_costs([tuple(p) for p in np.argwhere(sources)])
         distance = np.nan_to_num(distance, nan=np.inf, posinf=np.inf)
         weight = (0.5 * (1.0 - np.tanh((distance - reach) / (0.15 * reach)))).astype(np.float32)
         groups.append((given, current, weight))
@@ -226,7 +254,7 @@ def refine_slice(
         return _graph_cut_method(image, belief, seeds, settings)
     labels = prior.copy()
     log_belief = np.log(_normalise(np.maximum(belief, settings.confidence_floor)))
-    for given, current, weight in spread_corrections(edge_costs(image, settings), prior, seeds, settings.reach):
+    for given, current, weight in spread_corrections(_smooth(image, settings), prior, seeds, settings):
         if given == current:
             continue
         boosted = log_belief.copy()
