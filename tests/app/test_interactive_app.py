@@ -179,3 +179,12 @@ def test_bad_corrections_get_a_422_naming_the_cause_and_write_nothing(site: dict
         assert getattr(err.value, "status_code", None) == 422, (params, err.value)
         assert any(m in err.value.detail for m in message.split("|")), (params, err.value.detail)
     assert digest(site["studies"]) == before
+
+
+def test_batch_inference_stores_the_masks_that_clicks_correct(site: dict) -> None:
+    """``POST /batch/infer/coopseg`` (MONAI Label's batch inference) stores every automatic mask as ``original``."""
+    with pytest.raises(Exception, match="no prior mask"):
+        site["app"].infer({"model": "coopseg_clicks", "image": "bare", "device": "cpu", "rv": [[3, 3, K]]})
+    site["app"].batch_infer({"model": "coopseg", "images": "all", "device": "cpu", "multi_gpu": False})
+    _, params = infer(site, "coopseg_clicks", "bare", rv=[[3, 3, K]])
+    assert params["prior"] == "datastore label 'original'"
