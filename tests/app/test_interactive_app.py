@@ -19,6 +19,8 @@ import pytest
 from helpers import make_bundle_copy, write_nifti
 from tools.servers import APP_DIR
 
+pytestmark = pytest.mark.slow  # an app per test (about 10 s each on 2 cores)
+
 K = 2  # the corrected slice
 LABEL_INFO = [
     {"name": "lv", "id": 1},

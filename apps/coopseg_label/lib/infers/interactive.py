@@ -32,8 +32,9 @@ import copy
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,33 @@ KINDS = ("scribbles", "clicks")
 
 Marks = dict[tuple[int, int], list[tuple[int, bool, np.ndarray]]]
 """``(frame, slice) -> [(label code, excluded, pixels N x 2), ...]``: ``excluded`` marks say "not this label"."""
+
+SESSION_IMAGES = 4
+"""Images whose preprocessed frames and slice probabilities are kept between corrections (a user corrects one image
+many times in a row)."""
+
+
+class _Sessions:
+    """A small LRU of ``key -> {"image", "shape", "frames", "refiners"}``, safe for MONAI Label's worker threads."""
+
+    def __init__(self, size: int = SESSION_IMAGES) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> dict[str, Any] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple, item: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 def _points(value: Any, key: str) -> list[list[int]]:
@@ -100,6 +128,7 @@ class CoopSegInteractiveTask(CoopSegInferTask):
             "(the model's FTN + STN probabilities, spread along image edges, and the STN shape prior)"
         )
         self._datastore = datastore
+        self._sessions = _Sessions()
         self._config.pop("model_filename", None)
         labels = bundle_module(Path(path), "labels").LABELS
         self.codes = {label.name: label.code for label in labels}
@@ -279,17 +308,32 @@ class CoopSegInteractiveTask(CoopSegInferTask):
         return marks, selected, (prior if structures else None), covered
 
     # inference ---------------------------------------------------------------------------------------------------
+    def _session_key(self, image_path: Any, device: str) -> tuple | None:
+        """What a cached session must match: the image file (path, size, time) and the live weights file."""
+        weights = self.live_weights()
+        if not isinstance(image_path, str) or not os.path.exists(image_path) or weights is None:
+            return None
+        image_stat, weights_stat = os.stat(image_path), os.stat(weights)
+        return (
+            os.path.realpath(image_path), image_stat.st_size, image_stat.st_mtime_ns, str(weights),
+            weights_stat.st_mtime_ns, device,
+        )  # fmt: skip
+
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str, dict[str, Any]]:
         begin = time.perf_counter()
         req = {**copy.deepcopy(self._config), **request}
         device = name_to_device(req.get("device", "cuda"))
         image_path = req["image"]
         image_id = req.get("image_id")
-        data: dict[str, Any] = {"image": image_path, "image_path": image_path, "device": device}
-        data = self.run_pre_transforms(data, self.pre_transforms(data))
-        image = data[self.input_key]
-        shape = tuple(int(s) for s in image.meta["spatial_shape"])[:3]
-        frames = int(image.shape[0])
+        key = self._session_key(image_path, device)
+        session = self._sessions.get(key) if key else None
+        cached = session is not None
+        if session is None:
+            data: dict[str, Any] = {"image": image_path, "image_path": image_path, "device": device}
+            image = self.run_pre_transforms(data, self.pre_transforms(data))[self.input_key]
+            shape = tuple(int(s) for s in image.meta["spatial_shape"])[:3]
+            session = {"image": image, "shape": shape, "frames": int(image.shape[0]), "refiners": {}}
+        image, shape, frames = session["image"], session["shape"], session["frames"]
         if self.kind == "scribbles":
             marks, selected, prior, covered = self._scribble_marks(req, shape, frames)
             source = "request label map"
@@ -307,13 +351,16 @@ class CoopSegInteractiveTask(CoopSegInferTask):
         if outside:
             raise http_error(422, f"corrections on frame(s) {outside}, but the mask sent covers frame(s) {covered}.")
         start = time.perf_counter()
-        network = self._get_network(device, data)
-        session = bundle_module(Path(self.bundle_path), "interactive.session")
-        inferer = self.inferer(data)
+        network = self._get_network(device, {})
         result = prior.copy()
         corrected = []
         for f in sorted({f for f, _ in marks}):
-            refiner = session.FrameRefiner.from_preprocessed(image, f, shape, network, inferer=inferer)
+            refiner = session["refiners"].get(f)
+            if refiner is None:
+                module = bundle_module(Path(self.bundle_path), "interactive.session")
+                inferer = self.inferer({"device": device})
+                refiner = module.FrameRefiner.from_preprocessed(image, f, shape, network, inferer=inferer)
+                session["refiners"][f] = refiner
             slices = sorted(k for g, k in marks if g == f)
             refiner.precompute(slices)
             for k in slices:
@@ -325,6 +372,8 @@ class CoopSegInteractiveTask(CoopSegInferTask):
                 changed = int((result[:, :, k, f] != prior[:, :, k, f]).sum())
                 corrected.append({"frame": f, "slice": k, "changed_voxels": changed})
         refine_s = time.perf_counter() - start
+        if key:
+            self._sessions.put(key, session)
         if str(req.get("result_labels", "")).lower() == "all":
             selected = None
         values = result[..., covered] if len(covered) > 1 else result[..., covered[0]]
@@ -343,6 +392,7 @@ class CoopSegInteractiveTask(CoopSegInferTask):
             "label_names": names,
             "corrected": corrected,
             "prior": source,
+            "cached": cached,
             "latencies": {"refine": round(refine_s, 3), "total": round(total, 3)},
         }
         return path, params
