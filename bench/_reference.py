@@ -100,7 +100,10 @@ class ReferenceStep:
                 corrupted_image_DA_config=MASK_CONFIG["image"], corrupted_seg_DA_config=MASK_CONFIG["shape"],
             )  # fmt: skip
             terms = solver.hard_example_training(
-                perturbed_image=hard_image, perturbed_seg=hard_seg, clean_image_l=clean, label_l=label,
+                perturbed_image=hard_image,
+                perturbed_seg=hard_seg,
+                clean_image_l=clean,
+                label_l=label,
                 use_gpu=self.device.type == "cuda",
             )
             loss = loss + sum(terms)

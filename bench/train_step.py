@@ -200,7 +200,7 @@ def main() -> None:
         trainers = {name: make_trainer(latent_da, device, 0, True, retain)
                     for name, latent_da in (("standard", False), ("cooperative", True))}  # fmt: skip
     for name, trainer in trainers.items():
-        runs[name] = (lambda t=trainer: timed(lambda: t._iteration(t, batch), device))
+        runs[name] = lambda t=trainer: timed(lambda: t._iteration(t, batch), device)
     children = []
     if args.reference:
         from _reference import ReferenceProcess, ReferenceStep
@@ -213,7 +213,7 @@ def main() -> None:
                 runs[name] = children[-1]  # returns the seconds measured in its own process
             else:
                 reference = ReferenceStep(args.reference, latent_da, device)
-                runs[name] = (lambda r=reference: timed(lambda: r(image, label), device))
+                runs[name] = lambda r=reference: timed(lambda: r(image, label), device)
     samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.warmup):
         for run in runs.values():

@@ -39,6 +39,7 @@ from lib.bundle_code import bundle_module
 from lib.datastore import CoopSegDatastore, check_image_file
 from lib.errors import http_error, sentence, without_paths
 from lib.infers import CoopSegInferTask
+from lib.infers.interactive import interactive_tasks
 from lib.pacs import PacsConnectionError, PacsDatastore, is_url, open_pacs
 from lib.scoring import DisagreementScoring
 from lib.security import check_bind_host
@@ -62,6 +63,7 @@ NO_WEIGHTS = (
     "NO TRAINED WEIGHTS YET: no models/model.pt or models/model.ts in the served bundle; run the training command or "
     "download the pretrained bundle (GET /info/)."
 )
+INTERACTIVE = ("coopseg_scribbles", "coopseg_clicks")  # corrections of a mask (lib/infers/interactive.py)
 
 
 def _flag(conf: dict[str, str], key: str, default: str = "false") -> bool:
@@ -69,7 +71,8 @@ def _flag(conf: dict[str, str], key: str, default: str = "false") -> bool:
 
 
 class CoopSegApp(MONAILabelApp):
-    """Infer models ``coopseg`` (FTN + STN, default) and ``coopseg_fast`` (FTN), trainer ``coopseg``, active learning
+    """Infer models ``coopseg`` (FTN + STN, default) and ``coopseg_fast`` (FTN), interactive models
+    ``coopseg_scribbles`` and ``coopseg_clicks`` (corrections of a mask), trainer ``coopseg``, active learning
     ``disagreement``, ``random`` and ``first``, over a datastore that validates uploads."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
@@ -116,7 +119,11 @@ class CoopSegApp(MONAILabelApp):
             logger.warning(self.workspace.status()["message"])
             return {}
         path, retain = str(self.workspace.path), self.retain_cpu_memory
-        return {name: CoopSegInferTask(path, self.conf, refine, retain) for name, refine in MODELS.items()}
+        tasks: dict[str, InferTask] = {
+            name: CoopSegInferTask(path, self.conf, refine, retain) for name, refine in MODELS.items()
+        }
+        tasks.update(interactive_tasks(path, self.conf, lambda: self._datastore))
+        return tasks
 
     def init_trainers(self) -> dict[str, TrainTask]:
         if _flag(self.conf, "skip_trainers"):
@@ -135,9 +142,7 @@ class CoopSegApp(MONAILabelApp):
         retrievals = int(self.conf.get("scoring_retrievals", DEFAULT_SCORING_RETRIEVALS))
         studies = hashlib.sha256(str(self.studies).encode()).hexdigest()[:16]
         memory = self.workspace.path.parent / "scoring" / f"failed_{studies}.json"  # one per datastore
-        return {
-            "disagreement": DisagreementScoring(lambda: self._infer_tasks().get("coopseg"), retrievals, memory)
-        }
+        return {"disagreement": DisagreementScoring(lambda: self._infer_tasks().get("coopseg"), retrievals, memory)}
 
     def on_init_complete(self) -> None:
         """MONAI Label's start-up (including a background scoring pass), which retrieves nothing from a PACS unless
@@ -172,8 +177,10 @@ class CoopSegApp(MONAILabelApp):
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         model = request.get("model")
         tasks = self._infer_tasks()
-        if model not in MODELS:
-            raise http_error(404, sentence(f"unknown model '{model}'", fix=f"available: {', '.join(MODELS)}"))
+        if model not in MODELS and model not in INTERACTIVE:
+            raise http_error(
+                404, sentence(f"unknown model '{model}'", fix=f"available: {', '.join([*MODELS, *INTERACTIVE])}")
+            )
         if model not in tasks:
             raise http_error(503, NO_WEIGHTS, self.workspace.status()["message"])
         image = request.get("image")

@@ -118,9 +118,11 @@ def test_slicer_session(site: dict, tmp_path: Path) -> None:
     # 1. /info/
     info = c.info()
     assert info["labels"] == ["lv", "myocardium", "rv"]
-    assert set(info["models"]) == {"coopseg", "coopseg_fast"}
+    types = {"coopseg": "segmentation", "coopseg_fast": "segmentation"}
+    types.update(coopseg_scribbles="scribbles", coopseg_clicks="deepgrow")  # corrections (test_interactive_app.py)
+    assert {name: model["type"] for name, model in info["models"].items()} == types
     for model in info["models"].values():
-        assert model["labels"] == {"lv": 1, "myocardium": 2, "rv": 3} and model["type"] == "segmentation"
+        assert model["labels"] == {"lv": 1, "myocardium": 2, "rv": 3}
     assert set(info["trainers"]) == {"coopseg"}
     assert {"multi_gpu", "gpus", "tracking"} <= set(info["trainers"]["coopseg"]["config"])  # MONAI Label's own
     assert set(info["strategies"]) == {"disagreement", "random", "first"} and set(info["scoring"]) == {"disagreement"}
@@ -288,3 +290,35 @@ def test_eight_concurrent_inferences(site: dict, tmp_path: Path) -> None:
     for i in range(4, 8):  # the same image gives the same mask whatever ran beside it
         np.testing.assert_array_equal(results[i], results[i - 4])
     assert site["server"].alive()
+
+
+def test_corrections_through_the_server(site: dict, tmp_path: Path) -> None:
+    """The interactive models as the Slicer plugin calls them (DeepGrow clicks on the stored mask, a scribbles label
+    map uploaded with its label_info); bad corrections are a 422 over HTTP and leave the datastore as it was."""
+    c = client(site, tmp_path / "client")
+    image = site["studies"] / "case3.nii.gz"
+    mask_file, _ = c.infer("coopseg", "case3", {"save_label": True})  # the automatic mask, stored as "original"
+    mask_img = nib.load(mask_file)
+    mask = np.asarray(mask_img.dataobj).astype(np.uint8)
+    k = mask.shape[2] // 2
+    i, j = mask.shape[0] // 2, mask.shape[1] // 2
+    out, params = c.infer(
+        "coopseg_clicks", "case3", {"label": "lv", "foreground": [[i, j, k]], "background": [], "slice": k}
+    )
+    values = check_label(out, image)
+    assert set(np.unique(values).tolist()) <= {0, 1} and values[i, j, k] == 1
+    assert params["prior"] == "datastore label 'original'" and params["corrected"][0]["slice"] == k
+    label_map = mask.copy()
+    label_map[i - 3 : i + 4, j, k] = 5  # a foreground scribble of the RV
+    scribbles = write_nifti(tmp_path / "scribbles.nii.gz", label_map, mask_img.affine)
+    info = [{"name": n, "id": v} for v, n in enumerate(["lv", "myocardium", "rv", "background_scribbles"], 1)]
+    info.append({"name": "foreground_scribbles", "id": 5})
+    out, _ = c.infer("coopseg_scribbles", "case3", {"label_info": info, "selected_label_name": "rv"}, str(scribbles))
+    assert (check_label(out, image)[i - 3 : i + 4, j, k] == 1).all()
+    before = tree_digest(site["studies"])
+    bad = {"label": "lv", "foreground": [[i, j, mask.shape[2]]], "background": [], "slice": mask.shape[2]}
+    _expect_error(lambda: c.infer("coopseg_clicks", "case3", bad), 422, "outside the image")
+    empty = write_nifti(tmp_path / "no_scribble.nii.gz", mask, mask_img.affine)
+    args = ("coopseg_scribbles", "case3", {"label_info": info, "selected_label_name": "rv"}, str(empty))
+    _expect_error(lambda: c.infer(*args), 422, "empty scribble")
+    assert tree_digest(site["studies"]) == before

@@ -71,7 +71,7 @@ def test_no_weights_statement_then_weights_go_live(app_modules, tmp_path: Path) 
     assert err.value.status_code == 503 and "NO TRAINED WEIGHTS" in err.value.detail
     # weights appearing in the app's models folder (as after training from scratch) go live without a restart
     torch.save(CoopSegNet().state_dict(), app.workspace.models / "model.pt")
-    assert set(app.info()["models"]) == {"coopseg", "coopseg_fast"}
+    assert set(app.info()["models"]) == {"coopseg", "coopseg_fast", "coopseg_scribbles", "coopseg_clicks"}
     result = app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
     assert nib.load(result["label"]).shape == nib.load(tmp_path / "studies" / "case0.nii.gz").shape
 
@@ -209,9 +209,13 @@ def test_inference_only_deployment(app_modules, tmp_path: Path, monkeypatch: pyt
     )
     info = app.info()
     assert info["trainers"] == {} and info["strategies"] == {} and info["scoring"] == {}
-    assert set(info["models"]) == {"coopseg", "coopseg_fast"}
+    assert set(info["models"]) == {"coopseg", "coopseg_fast", "coopseg_scribbles", "coopseg_clicks"}
     assert "cpu_memory" not in asked and "labels" in asked
-    assert all(not task.bundle_config.get_parsed_content("inferer").retain_cpu_memory for task in app._infers.values())
+    assert all(
+        not task.bundle_config.get_parsed_content("inferer").retain_cpu_memory
+        for name, task in app._infers.items()
+        if name in ("coopseg", "coopseg_fast")
+    )
     result = app.infer({"model": "coopseg", "image": "case0", "device": "cpu"})
     assert nib.load(result["label"]).shape == nib.load(tmp_path / "studies" / "case0.nii.gz").shape
 
