@@ -25,6 +25,7 @@ The tables go to ``--out``: ``results.md`` / ``results.json`` (the simulated ann
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -188,7 +189,7 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
         )
     if args.figure and best[1] is not None:
         example_figure(preprocess, network, best[1], suite, best[2], settings, Path(args.figure))
-    return {"suite": str(suite), "settings": settings.__dict__, "sets": results}
+    return {"suite": suite.name, "settings": settings.__dict__, "sets": results}
 
 
 def example_figure(
@@ -277,7 +278,7 @@ def main() -> None:
         f"{platform.system()}"
     )
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}")
-    head: dict[str, Any] = {"machine": machine, "command": " ".join(["python", *sys.argv]), "weights": str(weights)}
+    head: dict[str, Any] = {"machine": machine, "command": " ".join(["python", *sys.argv]), "weights": shown(weights)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -290,6 +291,16 @@ def main() -> None:
         text = render(report)
         (out / f"{name}.md").write_text(text)
         print(text)
+
+
+def shown(weights: Path) -> str:
+    """How a report names a weights file: its path inside the repository (else its name) and its SHA-256 prefix."""
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    try:
+        name = str(weights.resolve().relative_to(REPO))
+    except ValueError:
+        name = weights.name
+    return f"{name} (sha256 {digest})"
 
 
 def serving_bundle(root: Path, bundle: Path, weights: Path) -> Path:

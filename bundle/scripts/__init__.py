@@ -7,6 +7,8 @@ trainer; inference is the same path without masking and losses):
 * ``data``: the synthetic phantom, datalists, the slice dataset, augmentation and the ACDC / M&Ms / ACDC-C adapters;
 * ``inference``: inputs -> network -> inferer -> outputs of the inference workflow, its quality scores and function
   report, and the deployment pipeline that validation reads from ``inference.json``;
+* ``interactive``: correcting a mask from a user's scribbles or clicks, with the FTN+STN probabilities as the
+  evidence and the STN as the shape prior (the MONAI Label app's interactive models);
 * ``engine``: the cooperative loss terms of one iteration, the MONAI trainer and evaluator, handlers, schedules,
   resumable checkpoints and multi-process helpers;
 * ``evaluation``: per-volume metrics, test-set evaluation and its reports.
@@ -31,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("model",),
     ("data",),
     ("inference",),
-    ("engine",),
+    ("interactive", "engine"),
     ("evaluation",),
     ("export",),
 )

@@ -119,6 +119,7 @@ EVERY_RANK = {
     "scripts.engine.checkpoints.ResumeTraining": "every rank restores the same training state",
     "ValidationHandler": "MONAI's metrics all-gather across ranks, so every rank validates its share",
     "LrScheduleHandler": "every rank's optimiser must follow the schedule",
+    "scripts.engine.averaging.UpdateAveragedNetwork": "every rank validates its share with the averaged weights",
 }
 
 

@@ -47,7 +47,6 @@ from scipy import ndimage
 
 from ..bundle_code import bundle_module
 from ..errors import http_error
-from ..nifti import save_nifti
 from .coopseg import CoopSegInferTask
 
 logger = logging.getLogger(__name__)
@@ -385,7 +384,9 @@ class CoopSegInteractiveTask(CoopSegInferTask):
         with tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False) as f:
             path = f.name
         affine = np.asarray(image.meta.get("original_affine", image.affine), dtype=np.float64)
-        save_nifti(np.asarray(values, dtype=np.uint8), affine, path)
+        bundle_module(Path(self.bundle_path), "data.nifti").write_nifti(
+            np.asarray(values, dtype=np.uint8), affine, path
+        )
         total = time.perf_counter() - begin
         logger.info("%s: %s on %s in %.3f s (refinement %.3f s)", self.kind, corrected, image_id, total, refine_s)
         params = {
