@@ -40,6 +40,8 @@ sys.path.insert(0, str(BUNDLE))
 from monai.bundle import ConfigParser  # noqa: E402
 
 from scripts.data.datalist import ensure_synthetic_dataset  # noqa: E402
+from scripts.engine.checkpoints import latest_training_state, state_epoch  # noqa: E402
+from scripts.figures import pyplot, save_figure  # noqa: E402
 from scripts.files import write_json_atomic, write_text_atomic  # noqa: E402
 from scripts.inference.deployment import config_value  # noqa: E402
 from tools.machine import cpu_model  # noqa: E402
@@ -106,10 +108,14 @@ def run_variant(name: str, spec: Mapping[str, Any], dataset: Path, epochs: int |
     run = RUNS / name
     overrides = dict(spec["overrides"])
     train_log, eval_log = run / "train.log", run / "eval.log"
-    for log in (train_log, eval_log):
+    resumed = latest_training_state(run / "models")
+    resumed_after = state_epoch(resumed) if resumed else None
+    # an interrupted run resumes from its last training state; its log keeps the epochs validated before
+    for log in (eval_log,) if resumed else (train_log, eval_log):
         log.unlink(missing_ok=True)
     epochs = spec.get("epochs") or epochs or int(config_value(BUNDLE / "configs" / "train.json", "epochs"))
-    cmd = training_command(BUNDLE, run, str(dataset), str(dataset / "datalist.json"), 0, epochs, overrides)
+    cmd = training_command(BUNDLE, run, str(dataset), str(dataset / "datalist.json"), 0, epochs,
+                           {**overrides, **({"resume": True} if resumed else {})})  # fmt: skip
     load_before = os.getloadavg()[0]
     wall, cpu = run_logged(cmd, train_log, BUNDLE)
     text = train_log.read_text(errors="replace")
@@ -128,6 +134,7 @@ def run_variant(name: str, spec: Mapping[str, Any], dataset: Path, epochs: int |
         "load_average_at_start": round(load_before, 2),
         "train_wall_s": round(wall, 1),
         "train_cpu_s": round(cpu, 1),
+        "resumed_after_epoch": resumed_after,  # the times then cover the epochs after it only
         "epochs": epochs,
         "iterations_per_epoch": iterations,
         "validation": validation_curve(text),
@@ -258,7 +265,8 @@ def write_report(records: Sequence[Mapping[str, Any]]) -> Path:
         "|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for rec in records:
-        iterations = (rec.get("iterations_per_epoch") or 0) * max(1, len(rec["validation"]))
+        timed_epochs = rec["epochs"] - (rec.get("resumed_after_epoch") or 0)
+        iterations = (rec.get("iterations_per_epoch") or 0) * timed_epochs
         per_iter = f"{rec['train_cpu_s'] / iterations:.2f}" if iterations else "n/a"
         best = max((v.get("val_mean_dice", float("nan")) for v in rec["validation"]), default=float("nan"))
         for i, output in enumerate(("ftn", "ftn_stn", "ftn_stn_post")):
@@ -269,7 +277,11 @@ def write_report(records: Sequence[Mapping[str, Any]]) -> Path:
             lines.append("| " + " | ".join(head + [output, f"{t['dice_mean']:.3f}", f"{t['hd95_mean']:.1f}",
                                                   f"{100 * t['far_all']:.1f} %"]) + " |")  # fmt: skip
     lines += ["", f"Machine: {', '.join(sorted({r['machine'] for r in records}))}; CPU seconds are the training "
-              "process's own (user + system), so other load on the machine does not inflate them."]  # fmt: skip
+              "process's own (user + system), so other load on the machine does not inflate them.", "",
+              f"![validation Dice per epoch]({learning_curves(records, RESULTS / 'learning_curves.png').name})", "",
+              "Validation Dice per epoch (deployment path, the validation subjects): the learning curves. The "
+              "schedule (warm-up, then cosine decay to the last epoch) depends on the number of epochs, so a "
+              "6-epoch run is not a 3-epoch run continued.", ""]  # fmt: skip
     for path in sorted(RESULTS.glob("cleanup_*.json")):
         rec = json.loads(path.read_text())
         lines += ["", f"## Label clean-up of `{rec['variant']}`, on validation", "",
@@ -279,6 +291,21 @@ def write_report(records: Sequence[Mapping[str, Any]]) -> Path:
         for name, m in rec["settings"].items():
             lines.append(f"| {name} | {m['dice_mean']:.4f} | {m['hd95_mean']:.1f} | {100 * m['far_all']:.2f} % |")
     return write_text_atomic(RESULTS / "README.md", "\n".join(lines) + "\n")
+
+
+def learning_curves(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """PNG: each variant's validation mean Dice (FTN + STN, deployed clean-up) against the epoch."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for rec in records:
+        epochs = [v["epoch"] for v in rec["validation"]]
+        ax.plot(epochs, [v["val_mean_dice"] for v in rec["validation"]], marker="o", label=rec["variant"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mean Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
