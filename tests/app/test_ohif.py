@@ -113,16 +113,21 @@ def check_labelmap(slices: list[dict] | None, folder: Path, expected: np.ndarray
 
 
 def wait_for_pixels(page: OhifPage, test, what: str, timeout: float = 30.0) -> np.ndarray:
-    """The first viewport's canvas once ``test(pixels)`` holds (rendering lags a little behind OHIF's state)."""
+    """The first viewport's canvas once it exists and ``test(pixels)`` holds (rendering lags behind OHIF's state)."""
     import time
 
     deadline = time.time() + timeout
     while True:
-        pixels = page.canvas(0)
-        if test(pixels):
-            return pixels
-        if time.time() > deadline:
-            raise AssertionError(f"{what}: not on screen within {timeout:g} s")
+        try:
+            pixels = page.canvas(0)
+        except AssertionError:  # the viewport's canvas is created after the study list: not there yet
+            if time.time() > deadline:
+                raise
+        else:
+            if test(pixels):
+                return pixels
+            if time.time() > deadline:
+                raise AssertionError(f"{what}: not on screen within {timeout:g} s")
         time.sleep(1.0)
 
 
