@@ -197,14 +197,13 @@ def example_figure(
 ) -> None:
     """PNG: slice ``k`` of a volume before, with the first correction of the simulated annotator (a click, a
     scribble) and after its refinement, masks drawn over the image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import nibabel as nib
 
+    from scripts.figures import pyplot, save_figure
     from scripts.interactive.annotator import Correction, click_in, largest_error_region, slice_dice, stroke_along
     from scripts.labels import color_table
+
+    plt = pyplot()
 
     image = np.asarray(nib.load(str(suite / entry["image"])).dataobj, dtype=np.float32)[:, :, k]
     truth = np.asarray(nib.load(str(suite / entry["label"])).dataobj).astype(np.uint8)
@@ -249,11 +248,7 @@ def example_figure(
         "(white: background)",
         fontsize=9,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    logger.info("figure: %s", path)
+    logger.info("figure: %s", save_figure(fig, path))
 
 
 def main() -> None:

@@ -37,13 +37,17 @@ REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
+import numpy as np  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
+from monai.transforms import LoadImage  # noqa: E402
 
 from scripts.data.datalist import ensure_synthetic_dataset  # noqa: E402
 from scripts.engine.checkpoints import latest_training_state, state_epoch  # noqa: E402
 from scripts.figures import pyplot, save_figure  # noqa: E402
 from scripts.files import write_json_atomic, write_text_atomic  # noqa: E402
-from scripts.inference.deployment import config_value  # noqa: E402
+from scripts.inference.deployment import DeploymentConfig, config_value  # noqa: E402
+from scripts.labels import LABELS  # noqa: E402
+from scripts.weights import load_weights  # noqa: E402
 from tools.machine import cpu_model  # noqa: E402
 from tools.robustness.experiment import evaluation_command, run_logged, training_command  # noqa: E402
 
@@ -192,18 +196,7 @@ def cleanup_comparison(model: Path, datalist: Path, key: str = "validation") -> 
 def comparison_figure(variants: Sequence[str], image: Path, label: Path, path: Path, slices: int = 3) -> Path:
     """One test volume segmented by each variant's ``model.pt`` through the deployment pipeline: a row per variant
     (FTN + STN with the deployed clean-up), ``slices`` slices from base to apex, the reference outline in white."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from monai.transforms import LoadImage
-
-    from scripts.evaluation.report import save_figure
-    from scripts.inference.deployment import DeploymentConfig
-    from scripts.labels import LABELS
-    from scripts.weights import load_weights
-
+    plt = pyplot()
     deployment = DeploymentConfig(BUNDLE / "configs" / "inference.json", {"bundle_root": str(BUNDLE)})
     parser = ConfigParser(ConfigParser.load_config_file(str(BUNDLE / "configs" / "inference.json")))
     parser["bundle_root"] = str(BUNDLE)

@@ -17,10 +17,12 @@ has one label), corrects it in one of three ways, and records the slice's Dice; 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import skeletonize
 
 __all__ = [
     "MODES",
@@ -101,8 +103,6 @@ def click_in(region: np.ndarray) -> np.ndarray:
 def stroke_along(region: np.ndarray, truth: np.ndarray, label: int, brush_radius: int = 2) -> np.ndarray:
     """``N, 2`` pixels of a brush stroke along ``region``'s skeleton: the skeleton widened by a disc of
     ``brush_radius`` pixels, on pixels whose true label is ``label``."""
-    from skimage.morphology import skeletonize
-
     skeleton = skeletonize(region)
     if not skeleton.any():
         skeleton = np.zeros_like(region)
@@ -144,8 +144,6 @@ def simulate(
     brush_radius: int = 2,
 ) -> InteractionCurve | None:
     """Run the protocol on one slice; None for a slice with no foreground in ``initial`` or ``truth``."""
-    import time
-
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if mode != "manual" and refine is None:

@@ -26,7 +26,10 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+import numpymaxflow
+import torch
 from scipy import ndimage
+from skimage.graph import MCP_Geometric
 
 __all__ = ["METHODS", "RefinementSettings", "refine_slice", "spread_corrections", "stn_shape_prior"]
 
@@ -147,8 +150,6 @@ def spread_corrections(
     seed, 0 where the group cannot go), ``reach`` being ``settings.reach`` for a click and
     ``settings.scribble_reach`` for a scribble.
     """
-    from skimage.graph import MCP_Geometric
-
     edges = edge_costs(smooth, settings)
     groups = []
     marked = seeds >= 0
@@ -172,8 +173,6 @@ def spread_corrections(
 def _cut(image: np.ndarray, foreground: np.ndarray, settings: RefinementSettings) -> np.ndarray:
     """Binary max-flow (numpymaxflow, as MONAI Label's scribbles use it): ``foreground`` probabilities ``H, W``,
     contrast-sensitive 8-connected pairwise term on ``image``."""
-    import numpymaxflow
-
     foreground = np.clip(foreground, EPS, 1 - EPS).astype(np.float32)
     unary = np.stack([1.0 - foreground, foreground])
     return numpymaxflow.maxflow(image[None].astype(np.float32), unary, settings.lamda, settings.sigma, 8)[0] > 0.5
@@ -197,7 +196,6 @@ def stn_shape_prior(network: Callable, divisor: int = 16) -> ShapePrior:
     """A :data:`ShapePrior` from a network with ``refine_logits`` (the bundle's STN): the probabilities' logarithm
     goes through ``refine_logits`` (which views it as ``softmax(log p / T)``, as in training), padded to a multiple
     of ``divisor`` with confident background (as the zero-padded image gives) and cropped back."""
-    import torch
 
     def prior(probs: np.ndarray) -> np.ndarray:
         k, h, w = probs.shape
