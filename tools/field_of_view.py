@@ -258,7 +258,8 @@ def write_report(records: Sequence[Mapping[str, Any]]) -> Path:
         "|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for rec in records:
-        timed_epochs = rec["epochs"] - (rec.get("resumed_after_epoch") or 0)
+        epochs = rec.get("epochs") or len(rec["validation"])
+        timed_epochs = epochs - (rec.get("resumed_after_epoch") or 0)  # a resumed run timed its last epochs only
         iterations = (rec.get("iterations_per_epoch") or 0) * timed_epochs
         per_iter = f"{rec['train_cpu_s'] / iterations:.2f}" if iterations else "n/a"
         best = max((v.get("val_mean_dice", float("nan")) for v in rec["validation"]), default=float("nan"))

@@ -42,3 +42,15 @@ def test_the_report_lists_every_variant_and_output(tmp_path: Path, monkeypatch: 
     assert "| 1.00 | 0.595 | ftn | 0.700 | 12.0 | 3.1 % |" in text  # 178 CPU s over 2 x 89 iterations; best Dice
     assert text.count("| ftn_stn_post |") == 1 and "test CPU" in text
     assert "| none | 0.6700 | 20.2 | 4.30 % |" in text
+    assert (tmp_path / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(learning_curves.png)" in text
+
+
+def test_a_resumed_variant_is_costed_over_the_epochs_it_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(field_of_view, "RESULTS", tmp_path)
+    test = {o: {"dice_mean": 0.7, "hd95_mean": 12.0, "far_all": 0.031} for o in ("ftn", "ftn_stn", "ftn_stn_post")}
+    record = {"variant": "whole_96_6ep", "what": "six epochs", "overrides": {}, "machine": "test CPU",
+              "train_cpu_s": 89.0, "iterations_per_epoch": 89, "epochs": 6, "resumed_after_epoch": 5,
+              "validation": [{"epoch": e, "val_mean_dice": 0.1 * e} for e in range(1, 7)], "test": test}  # fmt: skip
+    text = field_of_view.write_report([record]).read_text()
+    assert "| 1.00 | 0.600 | ftn |" in text  # 89 CPU s over the one epoch run after resuming
