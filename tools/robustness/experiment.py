@@ -143,7 +143,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_PROTOCOL = "v2"
-EVALUATION_VERSION = 3  # bump when the metrics computed per volume change
+EVALUATION_VERSION = 4  # bump when the metrics computed per volume change
 # the bundle's best model by validation Dice (train.json's key-metric checkpoint), the reference's model selection
 SELECTED_MODEL = "model.pt"
 # the file each kind of model of a constant-rate run is saved to after N iterations

@@ -1,5 +1,5 @@
 """Test-set evaluation (docs/method.md section 6): per-volume, per-class Dice, HD95 and far false positives of the
-FTN, FTN + STN and FTN + STN with the label clean-up.
+FTN, FTN + STN and FTN + STN with the deployment's label clean-up (``inference.json``'s switches).
 
 The unit is one 3D volume (patient x frame). Each volume is segmented as the inference workflow segments it: the
 deployment's preprocessing (volume normalisation, in-plane resampling, whole slices), the deployment inferer (one
@@ -49,8 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # validation output key -> the name used in tables: FTN alone, FTN + STN (the paper's final prediction) and FTN + STN
-# with every label clean-up switch on (largest connected component, hole filling)
-OUTPUTS = {"pred_ftn": "ftn", "pred_stn": "ftn_stn", "pred_post": "ftn_stn_post"}
+# with the deployment's label clean-up (inference.json's switches: what the inference workflow and the app return)
+OUTPUTS = {"pred_ftn": "ftn", "pred_stn": "ftn_stn", "pred": "ftn_stn_post"}
 
 
 def _spacing(tensor: Any, spatial_dims: int) -> tuple[float, ...]:
