@@ -44,6 +44,7 @@ BUNDLE = REPO / "bundle"
 sys.path[:0] = [str(BUNDLE), str(REPO)]  # the bundle's `scripts`, the repository's `tools`
 
 from scripts.interactive.annotator import (  # noqa: E402
+    UNREFINED,
     InteractionCurve,
     mean_dice_after,
     noi,
@@ -56,7 +57,7 @@ from tools.machine import cpu_model  # noqa: E402
 
 logger = logging.getLogger("bench.interactive")
 
-MODES = ("click", "scribble", "manual")
+MODES = ("click", "scribble", "manual", "region")
 STEPS = (0, 1, 3, 5)
 MAX_INTERACTIONS = 10
 TARGET = 0.90
@@ -124,7 +125,7 @@ def run_volume(
             )
             if curve is not None:
                 curves[mode].append(curve)
-                gains.append((curve.dice[1] - curve.dice[0] if mode != "manual" else 0.0, k))
+                gains.append((curve.dice[1] - curve.dice[0] if mode not in UNREFINED else 0.0, k))
     return {"automatic_dice": volume_dice(automatic, truth), "curves": curves, "best_slice": max(gains, default=None)}
 
 
@@ -376,7 +377,12 @@ def server_latency(bundle: Path, weights: Path, repeats: int) -> dict[str, Any]:
             server.stop()
 
 
-MODE_NAMES = {"click": "clicks", "scribble": "scribbles", "manual": "manual editing"}
+MODE_NAMES = {
+    "click": "clicks",
+    "scribble": "scribbles",
+    "manual": "manual editing",
+    "region": "whole error region (ceiling)",
+}
 
 
 def headline(sets: dict[str, Any], modes: list[str]) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -433,7 +439,7 @@ def render(report: dict[str, Any]) -> str:
         for name, row in sets.items():
             for mode in modes:
                 m = row["modes"][mode]
-                t = f"{m['median_refine_s']:.3f}" if m["median_refine_s"] is not None and mode != "manual" else "-"
+                t = f"{m['median_refine_s']:.3f}" if m["median_refine_s"] is not None and mode not in UNREFINED else "-"
                 lines.append(
                     f"| {name} | {row['volumes']} | {m['slices']} | {row['automatic_volume_dice']:.3f} | "
                     f"{MODE_NAMES[mode]} | {m['dice_0']:.3f} | {m['dice_1']:.3f} | {m['dice_3']:.3f} | "

@@ -74,6 +74,30 @@ def test_manual_editing_stops_at_the_target_or_the_budget() -> None:
     assert curve.reached is None or curve.dice[curve.reached] >= 0.9
 
 
+def test_a_slice_cleared_of_false_positives_scores_one() -> None:
+    truth = np.zeros((32, 32), dtype=np.uint8)
+    initial = truth.copy()
+    initial[4:9, 4:9] = 3  # a structure painted where there is none
+    curve = simulate(initial, truth, "region")
+    assert curve.dice[0] == 0.0 and curve.dice[1] == 1.0 and curve.reached == 1
+    manual = simulate(initial, truth, "manual")
+    assert manual.reached is not None and manual.dice[manual.reached] == 1.0
+
+
+def test_region_ceiling_fixes_exactly_the_largest_error_region_per_interaction() -> None:
+    truth, _ = synthetic.truth_and_image()
+    initial = synthetic.wrong_mask(truth)
+    region, label = largest_error_region(initial, truth)
+    curve = simulate(initial, truth, "region", max_interactions=1)
+    expected = initial.copy()
+    expected[region] = label
+    assert curve.dice[1] == pytest.approx(slice_dice(expected, truth))
+    manual = simulate(initial, truth, "manual", max_interactions=1)
+    assert curve.dice[1] >= manual.dice[1]  # the brush stroke covers part of the region only
+    full = simulate(initial, truth, "region")
+    assert full.reached is not None and full.dice == sorted(full.dice)
+
+
 def test_refinement_reaches_the_target_in_half_the_interactions_of_manual_editing() -> None:
     """The protocol on the synthetic slice: the model missed the RV and called a fat blob RV (Dice 0.67)."""
     truth, image = synthetic.truth_and_image()

@@ -9,9 +9,11 @@ has one label), corrects it in one of three ways, and records the slice's Dice; 
 * ``scribble``: a brush stroke along the region's skeleton, ``brush_radius`` pixels wide either side, kept on
   pixels of that true label (a careful annotator does not paint over a neighbouring structure);
 * ``manual``: the same stroke painted into the mask (every voxel under it set to its true label, nothing else): plain
-  manual editing, the baseline.
+  manual editing, the baseline;
+* ``region``: the whole error region set to its true label, nothing else: the best any correction confined to the
+  region the user marks can do (a ceiling for refinements that change only what was marked, not a way to edit).
 
-``click`` and ``scribble`` hand the corrections so far to a refinement function; ``manual`` needs none.
+``click`` and ``scribble`` hand the corrections so far to a refinement function; ``manual`` and ``region`` need none.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from skimage.morphology import skeletonize
 
 __all__ = [
     "MODES",
+    "UNREFINED",
     "Correction",
     "InteractionCurve",
     "click_in",
@@ -39,7 +42,8 @@ __all__ = [
     "stroke_along",
 ]
 
-MODES = ("click", "scribble", "manual")
+MODES = ("click", "scribble", "manual", "region")
+UNREFINED = ("manual", "region")
 FOREGROUND = (1, 2, 3)
 
 
@@ -143,10 +147,14 @@ def simulate(
     target: float = 0.90,
     brush_radius: int = 2,
 ) -> InteractionCurve | None:
-    """Run the protocol on one slice; None for a slice with no foreground in ``initial`` or ``truth``."""
+    """Run the protocol on one slice; None for a slice with no foreground in ``initial`` or ``truth``.
+
+    A slice whose truth holds no structure but whose mask does (false positives beyond the heart) starts at Dice 0;
+    once every false positive is gone, prediction and truth agree and the slice scores 1.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    if mode != "manual" and refine is None:
+    if mode not in UNREFINED and refine is None:
         raise ValueError(f"mode {mode!r} needs a refine function.")
     score = slice_dice(initial, truth)
     if score is None:
@@ -161,13 +169,16 @@ def simulate(
         region, label = found
         if mode == "click":
             correction = Correction(label, click_in(region), "click")
+        elif mode == "region":
+            correction = Correction(label, np.argwhere(region), "scribble")
         else:
             correction = Correction(label, stroke_along(region, truth, label, brush_radius), "scribble")
         corrections.append(correction)
         start = time.perf_counter()
-        mask = paint(mask, correction) if mode == "manual" else refine(mask, list(corrections))
+        mask = paint(mask, correction) if mode in UNREFINED else refine(mask, list(corrections))
         seconds.append(time.perf_counter() - start)
-        dice.append(slice_dice(mask, truth) or 0.0)
+        score = slice_dice(mask, truth)
+        dice.append(1.0 if score is None else score)  # None: no structure in either, the mask is right
         if dice[-1] >= target:
             reached = len(corrections)
     dice += [dice[-1]] * (max_interactions + 1 - len(dice))
