@@ -118,16 +118,12 @@ def wait_for_pixels(page: OhifPage, test, what: str, timeout: float = 30.0) -> n
 
     deadline = time.time() + timeout
     while True:
-        try:
-            pixels = page.canvas(0)
-        except AssertionError:  # the viewport's canvas is created after the study list: not there yet
-            if time.time() > deadline:
-                raise
-        else:
-            if test(pixels):
-                return pixels
-            if time.time() > deadline:
-                raise AssertionError(f"{what}: not on screen within {timeout:g} s")
+        pixels = page.canvas(0)
+        if pixels is not None and test(pixels):
+            return pixels
+        if time.time() > deadline:
+            shown = "no viewport canvas on the page" if pixels is None else "the canvas shows something else"
+            raise AssertionError(f"{what}: not on screen within {timeout:g} s ({shown})")
         time.sleep(1.0)
 
 
