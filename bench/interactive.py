@@ -125,7 +125,8 @@ def run_volume(
             )
             if curve is not None:
                 curves[mode].append(curve)
-                gains.append((curve.dice[1] - curve.dice[0] if mode not in UNREFINED else 0.0, k))
+                if mode not in UNREFINED and (truth[..., k] > 0).any():  # the figure shows a heart
+                    gains.append((curve.dice[1] - curve.dice[0], k))
     return {"automatic_dice": volume_dice(automatic, truth), "curves": curves, "best_slice": max(gains, default=None)}
 
 
@@ -188,9 +189,11 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
             ),
             time.perf_counter() - start,
         )
+    report = {"suite": suite.name, "settings": settings.__dict__, "sets": results}
     if args.figure and best[1] is not None:
-        example_figure(preprocess, network, best[1], suite, best[2], settings, Path(args.figure))
-    return {"suite": suite.name, "settings": settings.__dict__, "sets": results}
+        report["figure"] = lambda: example_figure(preprocess, network, best[1], suite, best[2], settings,
+                                                  Path(args.figure))  # fmt: skip
+    return report
 
 
 def example_figure(
@@ -282,11 +285,14 @@ def main() -> None:
         parts.append(("results", {**head, **simulate_sets(args, bundle, weights)}))
     if args.server:
         parts.append(("latency", {**head, "latency": server_latency(bundle, weights, args.repeats)}))
+    figures = [report.pop("figure") for _, report in parts if "figure" in report]
     for name, report in parts:
         (out / f"{name}.json").write_text(json.dumps(report, indent=1))
         text = render(report)
         (out / f"{name}.md").write_text(text)
         print(text)
+    for draw in figures:  # after the tables: a figure that fails loses no results
+        draw()
 
 
 def shown(weights: Path) -> str:
