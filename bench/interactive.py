@@ -25,6 +25,7 @@ The tables go to ``--out``: ``results.md`` / ``results.json`` (the simulated ann
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -51,7 +52,7 @@ from scripts.interactive.annotator import (  # noqa: E402
     seed_map,
     simulate,
 )
-from scripts.interactive.refinement import RefinementSettings  # noqa: E402
+from scripts.interactive.refinement import RefinementSettings, settings_for  # noqa: E402
 from scripts.interactive.session import FrameRefiner  # noqa: E402
 from tools.machine import cpu_model  # noqa: E402
 
@@ -82,6 +83,14 @@ def load_network(bundle: Path, weights: Path) -> torch.nn.Module:
     return network.eval()
 
 
+def refinement_settings(bundle: Path, changes: dict[str, Any]) -> dict[str, RefinementSettings]:
+    """Per refined mode, the settings the app serves (``inference.json``'s ``interactive_refinement``: ``click`` from
+    its ``clicks``, ``scribble`` from its ``scribbles``), with ``changes`` applied to both."""
+    config = bundle_parser(bundle).get("interactive_refinement")
+    kinds = {"click": "clicks", "scribble": "scribbles"}
+    return {mode: dataclasses.replace(settings_for(kind, config), **changes) for mode, kind in kinds.items()}
+
+
 def volume_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean 3D Dice over LV, myocardium and RV (a structure in neither counts 1)."""
     scores = []
@@ -93,15 +102,25 @@ def volume_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run_volume(
-    preprocess: Any, network: Any, entry: dict[str, str], suite: Path, settings: RefinementSettings, modes: list[str]
+    preprocess: Any,
+    network: Any,
+    entry: dict[str, str],
+    suite: Path,
+    settings: dict[str, RefinementSettings],
+    modes: list[str],
 ) -> dict[str, Any]:
-    """Curves per mode for every slice of one volume, and the automatic mask's volume Dice."""
+    """Curves per mode for every slice of one volume, and the automatic mask's volume Dice; ``settings`` per
+    refined mode (``click``, ``scribble``)."""
     import nibabel as nib
 
     image = preprocess({"image": str(suite / entry["image"])})["image"]
     truth = np.asarray(nib.load(str(suite / entry["label"])).dataobj).astype(np.uint8)
-    refiner = FrameRefiner.from_preprocessed(image, 0, truth.shape, network, settings=settings)
+    refiners = {mode: FrameRefiner.from_preprocessed(image, 0, truth.shape, network, settings=s)
+                for mode, s in settings.items()}  # fmt: skip
+    refiner = next(iter(refiners.values()))
     refiner.precompute()
+    for other in refiners.values():
+        other._probs = refiner._probs  # one FTN + STN pass per volume
     automatic = np.stack([refiner.automatic_mask(k) for k in range(truth.shape[2])], axis=-1)
     curves: dict[str, list[InteractionCurve]] = {mode: [] for mode in modes}
     gains: list[tuple[float, int]] = []
@@ -112,7 +131,7 @@ def run_volume(
             mask: np.ndarray, corrections: list, k: int = k, initial: np.ndarray = initial, mode: str = ""
         ) -> Any:
             prior = initial if mode == "click" else mask
-            return refiner.refine(k, prior, seed_map(corrections, initial.shape))
+            return refiners[mode].refine(k, prior, seed_map(corrections, initial.shape))
 
         for mode in modes:
             curve = simulate(
@@ -157,7 +176,7 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
     names = [n for n in datalist["domains"] if args.sets == ["all"] or n in args.sets]
     preprocess = bundle_parser(bundle).get_parsed_content("preprocessing")
     network = load_network(bundle, weights)
-    settings = RefinementSettings(**json.loads(args.settings)) if args.settings else RefinementSettings()
+    settings = refinement_settings(bundle, json.loads(args.settings) if args.settings else {})
     results: dict[str, Any] = {}
     best: tuple[float, Any, int] = (-1.0, None, 0)
     for name in names:
@@ -189,7 +208,7 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
             ),
             time.perf_counter() - start,
         )
-    report = {"suite": suite.name, "settings": settings.__dict__, "sets": results}
+    report = {"suite": suite.name, "settings": {m: s.__dict__ for m, s in settings.items()}, "sets": results}
     if args.figure and best[1] is not None:
         report["figure"] = lambda: example_figure(preprocess, network, best[1], suite, best[2], settings,
                                                   Path(args.figure))  # fmt: skip
@@ -197,7 +216,13 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
 
 
 def example_figure(
-    preprocess: Any, network: Any, entry: dict[str, str], suite: Path, k: int, settings: RefinementSettings, path: Path
+    preprocess: Any,
+    network: Any,
+    entry: dict[str, str],
+    suite: Path,
+    k: int,
+    settings: dict[str, RefinementSettings],
+    path: Path,
 ) -> None:
     """PNG: slice ``k`` of a volume before, with the first correction of the simulated annotator (a click, a
     scribble) and after its refinement, masks drawn over the image."""
@@ -211,11 +236,11 @@ def example_figure(
 
     image = np.asarray(nib.load(str(suite / entry["image"])).dataobj, dtype=np.float32)[:, :, k]
     truth = np.asarray(nib.load(str(suite / entry["label"])).dataobj).astype(np.uint8)
-    refiner = FrameRefiner.from_preprocessed(
-        preprocess({"image": str(suite / entry["image"])})["image"], 0, truth.shape, network, settings=settings
-    )
+    preprocessed = preprocess({"image": str(suite / entry["image"])})["image"]
+    refiners = {mode: FrameRefiner.from_preprocessed(preprocessed, 0, truth.shape, network, settings=s)
+                for mode, s in settings.items()}  # fmt: skip
     truth = truth[:, :, k]
-    before = refiner.automatic_mask(k)
+    before = refiners["click"].automatic_mask(k)
     region, label = largest_error_region(before, truth)
     colors = color_table() / 255.0
     low, high = np.percentile(image, [1, 99])
@@ -232,7 +257,7 @@ def example_figure(
     ]
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
     for row, (kind, correction) in zip(axes, rows, strict=True):
-        after = refiner.refine(k, before, seed_map([correction], before.shape))
+        after = refiners[kind].refine(k, before, seed_map([correction], before.shape))
         panels = [
             (gray, "image"),
             (overlay(before), f"automatic mask, Dice {slice_dice(before, truth):.2f}"),

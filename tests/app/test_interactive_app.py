@@ -190,3 +190,23 @@ def test_batch_inference_stores_the_masks_that_clicks_correct(site: dict) -> Non
     site["app"].batch_infer({"model": "coopseg", "images": "all", "device": "cpu", "multi_gpu": False})
     _, params = infer(site, "coopseg_clicks", "bare", rv=[[3, 3, K]])
     assert params["prior"] == "datastore label 'original'"
+
+
+def test_each_kind_refines_with_the_settings_of_the_bundles_inference_json(app_modules, tmp_path: Path) -> None:
+    import json
+
+    bundle = make_bundle_copy(tmp_path)
+    oracle.install(bundle)
+    config_file = bundle / "configs" / "inference.json"
+    config = json.loads(config_file.read_text())
+    assert config["interactive_refinement"]["scribbles"]["method"] == "shape"  # the shipped choice
+    config["interactive_refinement"] = {"scribbles": {"method": "graphcut", "band": 1}, "clicks": {"evidence": 2.5}}
+    config_file.write_text(json.dumps(config))
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    conf = {"bundle_path": str(bundle), "model_dir": str(tmp_path / "models"), "skip_scoring": "true"}
+    app = app_modules.CoopSegApp(str(APP_DIR), str(studies), conf)
+    scribbles = app._infers["coopseg_scribbles"].refinement_settings()
+    clicks = app._infers["coopseg_clicks"].refinement_settings()
+    assert (scribbles.method, scribbles.band) == ("graphcut", 1)
+    assert (clicks.method, clicks.evidence) == ("geodesic", 2.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import synthetic
@@ -113,3 +115,21 @@ def test_stn_shape_prior_pads_to_the_network_and_returns_probabilities() -> None
     assert out.shape == probs.shape
     np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(out.argmax(axis=0), 3 - probs.argmax(axis=0))
+
+
+def test_settings_per_kind_come_from_inference_json_and_bad_ones_are_named() -> None:
+    import json
+
+    from scripts import bundle_root
+    from scripts.interactive.refinement import settings_for
+
+    config = json.loads((Path(bundle_root()) / "configs" / "inference.json").read_text())["interactive_refinement"]
+    assert settings_for("scribbles", config).method == "shape"
+    assert settings_for("clicks", config) == RefinementSettings(method="geodesic")
+    assert settings_for("clicks", None) == RefinementSettings()  # no section: the defaults
+    with pytest.raises(ValueError, match=r"interactive_refinement\.clicks: unknown setting\(s\) \['reech'\]"):
+        settings_for("clicks", {"clicks": {"reech": 3}})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        settings_for("boxes", config)
+    with pytest.raises(ValueError, match="method must be one of"):
+        settings_for("scribbles", {"scribbles": {"method": "magic"}})

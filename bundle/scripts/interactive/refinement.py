@@ -8,14 +8,17 @@ and every seed keeps the label the user gave it.
 
 Methods (:class:`RefinementSettings`):
 
-* ``geodesic`` (default): each seed's label spreads over the pixels that carry the same current label as the seed
-  (the same mistake), along paths that do not cross image edges (a geodesic distance; a correction to background,
-  which is many tissues, by distance alone), as far as it outweighs the model's probabilities (the FTN + STN
-  probabilities of the automatic mask, floored so a confidently wrong model is still corrected); the region's border
-  then moves onto the strongest image edge within a few pixels (a graph cut in that band);
-* ``shape``: the same, then, near the changed pixels, the corrected probabilities are fused with the STN's
-  reconstruction of them, so a corrected structure can drag its neighbours along (e.g. the myocardium around an LV
-  the user added); chosen against ``geodesic`` by measurement (``bench/interactive.py``);
+* ``geodesic`` (the default of :class:`RefinementSettings`, and the clicks' in ``inference.json``): each seed's
+  label spreads over the pixels that carry the same current label as the seed (the same mistake), along paths that do
+  not cross image edges (a geodesic distance; a correction to background, which is many tissues, by distance alone),
+  as far as it outweighs the model's probabilities (the FTN + STN probabilities of the automatic mask, floored so a
+  confidently wrong model is still corrected); the region's border then moves onto the strongest image edge within a
+  few pixels (a graph cut in that band);
+* ``shape`` (the scribbles' in ``inference.json``): the same, then, near the changed pixels, the corrected
+  probabilities are fused with the STN's reconstruction of them, so a corrected structure can drag its neighbours
+  along (e.g. the myocardium around an LV the user added). Chosen per kind of correction by measurement
+  (``bench/interactive.py`` on a tuning suite of other subjects than the reported test sets): it makes scribbles
+  faster and clicks slower;
 * ``graphcut``: MONAI Label's scribbles approach, per corrected label against the rest: ISeg unaries (the model's
   probabilities, seeds fixed) and a contrast-sensitive pairwise term, solved exactly by max-flow.
 """
@@ -23,7 +26,8 @@ Methods (:class:`RefinementSettings`):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import numpymaxflow
@@ -31,9 +35,19 @@ import torch
 from scipy import ndimage
 from skimage.graph import MCP_Geometric
 
-__all__ = ["METHODS", "RefinementSettings", "refine_slice", "spread_corrections", "stn_shape_prior"]
+__all__ = [
+    "CORRECTION_KINDS",
+    "METHODS",
+    "RefinementSettings",
+    "refine_slice",
+    "settings_for",
+    "spread_corrections",
+    "stn_shape_prior",
+]
 
 METHODS = ("shape", "geodesic", "graphcut")
+# the kinds of correction the app serves, each with its own settings (inference.json's ``interactive_refinement``)
+CORRECTION_KINDS = ("scribbles", "clicks")
 EPS = 1e-6
 
 ShapePrior = Callable[[np.ndarray], np.ndarray]
@@ -105,6 +119,25 @@ class RefinementSettings:
             raise ValueError("confidence_floor must lie in (0, 0.5).")
         if self.reach <= 0 or min(self.edge_weight, self.smoothing, self.evidence, self.band, self.shape_radius) < 0:
             raise ValueError("reach must be positive; edge_weight, smoothing, evidence, band, shape_radius >= 0.")
+
+
+def settings_for(kind: str, config: Mapping[str, Any] | None) -> RefinementSettings:
+    """The settings of one kind of correction (``scribbles`` or ``clicks``) from ``config``, inference.json's
+    ``interactive_refinement`` (``{kind: {field: value}}``); fields it leaves out keep their defaults.
+
+    Raises:
+        ValueError: an unknown kind, or a field that :class:`RefinementSettings` does not have (named).
+    """
+    if kind not in CORRECTION_KINDS:
+        raise ValueError(f"kind must be one of {CORRECTION_KINDS}, got {kind!r}.")
+    fields = dict((config or {}).get(kind) or {})
+    known = {f.name for f in dataclasses.fields(RefinementSettings)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(
+            f"interactive_refinement.{kind}: unknown setting(s) {unknown}; expected some of {sorted(known)}."
+        )
+    return RefinementSettings(**fields)
 
 
 def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -124,13 +124,20 @@ class CoopSegInteractiveTask(CoopSegInferTask):
             "touch (the model's FTN + STN probabilities, spread along image edges, and the STN shape prior)"
             if kind == "scribbles"
             else "CoopSeg clicks: foreground / background clicks of the selected structure correct the slice "
-            "(the model's FTN + STN probabilities, spread along image edges, and the STN shape prior)"
+            "(the model's FTN + STN probabilities, spread along image edges)"
         )
+        # inference.json's interactive_refinement for this kind: a bad setting stops the app at start, naming it
+        refinement = bundle_module(Path(path), "interactive.refinement")
+        self._refinement = refinement.settings_for(kind, self.bundle_config.get("interactive_refinement"))
         self._datastore = datastore
         self._sessions = _Sessions()
         self._config.pop("model_filename", None)
         labels = bundle_module(Path(path), "labels").LABELS
         self.codes = {label.name: label.code for label in labels}
+
+    def refinement_settings(self) -> Any:
+        """The bundle's refinement settings for this kind of correction (``RefinementSettings``)."""
+        return self._refinement
 
     # requests ----------------------------------------------------------------------------------------------------
     def _code(self, name: Any, what: str, allow_background: bool = False) -> int:
@@ -358,7 +365,9 @@ class CoopSegInteractiveTask(CoopSegInferTask):
             if refiner is None:
                 module = bundle_module(Path(self.bundle_path), "interactive.session")
                 inferer = self.inferer({"device": device})
-                refiner = module.FrameRefiner.from_preprocessed(image, f, shape, network, inferer=inferer)
+                refiner = module.FrameRefiner.from_preprocessed(
+                    image, f, shape, network, settings=self.refinement_settings(), inferer=inferer
+                )
                 session["refiners"][f] = refiner
             slices = sorted(k for g, k in marks if g == f)
             refiner.precompute(slices)
