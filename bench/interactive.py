@@ -115,12 +115,9 @@ def run_volume(
 
     image = preprocess({"image": str(suite / entry["image"])})["image"]
     truth = np.asarray(nib.load(str(suite / entry["label"])).dataobj).astype(np.uint8)
-    refiners = {mode: FrameRefiner.from_preprocessed(image, 0, truth.shape, network, settings=s)
-                for mode, s in settings.items()}  # fmt: skip
-    refiner = next(iter(refiners.values()))
+    refiner = FrameRefiner.from_preprocessed(image, 0, truth.shape, network)
     refiner.precompute()
-    for other in refiners.values():
-        other._probs = refiner._probs  # one FTN + STN pass per volume
+    refiners = {mode: refiner.with_settings(s) for mode, s in settings.items()}  # one FTN + STN pass per volume
     automatic = np.stack([refiner.automatic_mask(k) for k in range(truth.shape[2])], axis=-1)
     curves: dict[str, list[InteractionCurve]] = {mode: [] for mode in modes}
     gains: list[tuple[float, int]] = []
@@ -237,10 +234,10 @@ def example_figure(
     image = np.asarray(nib.load(str(suite / entry["image"])).dataobj, dtype=np.float32)[:, :, k]
     truth = np.asarray(nib.load(str(suite / entry["label"])).dataobj).astype(np.uint8)
     preprocessed = preprocess({"image": str(suite / entry["image"])})["image"]
-    refiners = {mode: FrameRefiner.from_preprocessed(preprocessed, 0, truth.shape, network, settings=s)
-                for mode, s in settings.items()}  # fmt: skip
+    refiner = FrameRefiner.from_preprocessed(preprocessed, 0, truth.shape, network)
+    refiners = {mode: refiner.with_settings(s) for mode, s in settings.items()}
     truth = truth[:, :, k]
-    before = refiners["click"].automatic_mask(k)
+    before = refiner.automatic_mask(k)
     region, label = largest_error_region(before, truth)
     colors = color_table() / 255.0
     low, high = np.percentile(image, [1, 99])

@@ -11,6 +11,7 @@ untouched boundary), and every seed keeps its label.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,13 @@ class FrameRefiner:
         affine = np.asarray(image.affine, dtype=float)
         original = np.asarray(image.meta["original_affine"], dtype=float)
         return cls(image[frame], affine, original, tuple(native_shape[:3]), network, **kwargs)
+
+    def with_settings(self, settings: RefinementSettings) -> FrameRefiner:
+        """A refiner of the same frame with other refinement ``settings``, sharing this one's image, grid and
+        computed probabilities (no second FTN + STN pass)."""
+        other = copy.copy(self)
+        other.settings = settings
+        return other
 
     @property
     def num_slices(self) -> int:
