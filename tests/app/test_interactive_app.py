@@ -210,3 +210,14 @@ def test_each_kind_refines_with_the_settings_of_the_bundles_inference_json(app_m
     clicks = app._infers["coopseg_clicks"].refinement_settings()
     assert (scribbles.method, scribbles.band) == ("graphcut", 1)
     assert (clicks.method, clicks.evidence) == ("geodesic", 2.5)
+    # what the users read about each model follows the settings it is served with
+    assert "graph cut" in app._infers["coopseg_scribbles"].description
+    assert "shape prior" not in app._infers["coopseg_scribbles"].description
+
+
+def test_every_refinement_method_of_the_bundle_is_described_to_users(app_modules) -> None:
+    from lib.infers import interactive
+
+    from scripts.interactive.refinement import METHODS
+
+    assert set(interactive.METHOD_DESCRIPTIONS) == set(METHODS)

@@ -53,7 +53,12 @@ logger = logging.getLogger(__name__)
 
 FOREGROUND_SCRIBBLES = "foreground_scribbles"
 BACKGROUND_SCRIBBLES = "background_scribbles"
-KINDS = ("scribbles", "clicks")
+METHOD_DESCRIPTIONS = {
+    "shape": "the model's FTN + STN probabilities, spread along image edges, and the STN shape prior",
+    "geodesic": "the model's FTN + STN probabilities, spread along image edges",
+    "graphcut": "a graph cut on the model's FTN + STN probabilities",
+}
+"""How each refinement method of the bundle (``inference.json``'s ``interactive_refinement``) is described to users."""
 
 Marks = dict[tuple[int, int], list[tuple[int, bool, np.ndarray]]]
 """``(frame, slice) -> [(label code, excluded, pixels N x 2), ...]``: ``excluded`` marks say "not this label"."""
@@ -113,22 +118,21 @@ class CoopSegInteractiveTask(CoopSegInferTask):
     docstring. ``datastore`` returns the app's datastore (where the prior mask of an image is looked up)."""
 
     def __init__(self, path: str, conf: dict[str, str], kind: str, datastore: Callable[[], Datastore]) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
         super().__init__(path, conf, refine=True)
+        # inference.json's interactive_refinement for this kind: an unknown kind or a bad setting stops the app at
+        # start, naming it
+        refinement = bundle_module(Path(path), "interactive.refinement")
+        self._refinement = refinement.settings_for(kind, self.bundle_config.get("interactive_refinement"))
         self.kind = kind
         self.type = InferType.SCRIBBLES if kind == "scribbles" else InferType.DEEPGROW
         self.dimension = 2
+        how = METHOD_DESCRIPTIONS.get(self._refinement.method, f"the {self._refinement.method} refinement")
         self.description = (
-            "CoopSeg scribbles: foreground / background scribbles of the selected structure correct the slices they "
-            "touch (the model's FTN + STN probabilities, spread along image edges, and the STN shape prior)"
+            f"CoopSeg scribbles: foreground / background scribbles of the selected structure correct the slices they "
+            f"touch ({how})"
             if kind == "scribbles"
-            else "CoopSeg clicks: foreground / background clicks of the selected structure correct the slice "
-            "(the model's FTN + STN probabilities, spread along image edges)"
+            else f"CoopSeg clicks: foreground / background clicks of the selected structure correct the slice ({how})"
         )
-        # inference.json's interactive_refinement for this kind: a bad setting stops the app at start, naming it
-        refinement = bundle_module(Path(path), "interactive.refinement")
-        self._refinement = refinement.settings_for(kind, self.bundle_config.get("interactive_refinement"))
         self._datastore = datastore
         self._sessions = _Sessions()
         self._config.pop("model_filename", None)
@@ -410,4 +414,5 @@ class CoopSegInteractiveTask(CoopSegInferTask):
 
 def interactive_tasks(path: str, conf: dict[str, str], datastore: Callable[[], Datastore]) -> dict[str, Any]:
     """``{"coopseg_scribbles": ..., "coopseg_clicks": ...}`` for the app's ``init_infers``."""
-    return {f"coopseg_{kind}": CoopSegInteractiveTask(path, conf, kind, datastore) for kind in KINDS}
+    kinds = bundle_module(Path(path), "interactive.refinement").CORRECTION_KINDS
+    return {f"coopseg_{kind}": CoopSegInteractiveTask(path, conf, kind, datastore) for kind in kinds}
