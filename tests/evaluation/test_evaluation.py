@@ -138,6 +138,22 @@ def test_far_false_positives_count_blobs_far_from_the_structure_not_rough_border
         assert far_voxels(line, label == 2, spacing) == (far_expected, 10)
 
 
+
+def test_far_false_positives_equal_the_distances_over_the_whole_volume() -> None:
+    rng = np.random.default_rng(3)
+    spacing = (1.25, 1.5, 8.0)
+    for case in range(6):
+        ref = np.zeros((70, 64, 6), bool)
+        ref[rng.integers(10, 30) : 40, rng.integers(10, 30) : 45, 1:4] = True
+        pred = ndimage.binary_dilation(ref, iterations=2) & (rng.random(ref.shape) > 0.3)
+        if case % 2:
+            pred[:] = False  # only a line beside the reference: its nearest reference voxels lie outside the line's box
+            pred[48 + case, 0:25, 2] = True
+        else:
+            pred |= rng.random(ref.shape) > 0.995  # scattered false positives, some far, some at the volume's edge
+        whole = ndimage.distance_transform_edt(~ref, sampling=spacing)
+        assert far_voxels(pred, ref, spacing) == (int((whole[pred] > FAR_MM).sum()), int(pred.sum()))
+
 # --- report -------------------------------------------------------------------------------------------------------
 def _rows() -> list[dict]:
     rows = []
