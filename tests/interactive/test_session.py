@@ -14,7 +14,7 @@ from conftest import BUNDLE_ROOT
 from helpers import phantom_volume, write_nifti
 from scripts.interactive.grid import SliceGrid
 from scripts.interactive.refinement import RefinementSettings
-from scripts.interactive.session import FrameRefiner
+from scripts.interactive.session import FrameRefiner, label_cleanup
 from scripts.model.networks import CoopSegNet
 
 
@@ -71,6 +71,28 @@ def test_automatic_mask_is_the_workflows_mask(frame: dict) -> None:
     workflow = inverted["pred"].argmax(dim=0).numpy()
     assert ours.shape == workflow.shape == truth.shape
     assert (ours == workflow).mean() > 0.999
+
+
+def test_automatic_volume_is_the_delivered_mask(frame: dict) -> None:
+    """With the bundle's label clean-up (largest connected component per structure), the mask the workflow delivers:
+    the mask a user starts correcting."""
+    data, truth = frame["data"], frame["truth"]
+    parser = frame["parser"]
+    refiner = FrameRefiner.from_preprocessed(data["image"], 0, truth.shape, frame["network"])
+    cleaned = refiner.automatic_volume(label_cleanup(parser.get_parsed_content("label_postprocessing")))
+    inferer = parser.get_parsed_content("inferer")
+    with torch.no_grad():
+        data = {**data, "pred": inferer(data["image"][None], frame["network"])[0]}
+    delivered = parser.get_parsed_content("label_postprocessing")
+    for transform in delivered:
+        data = transform(data)
+    delivered = data["pred"][0].numpy()
+    raw = refiner.automatic_volume()
+    assert cleaned.shape == delivered.shape == truth.shape
+    assert (raw != delivered).sum() > 100  # the untrained network's scattered labels: the clean-up matters here
+    assert (cleaned == delivered).mean() > 0.999
+    with pytest.raises(ValueError, match="FrameArgmaxd"):
+        label_cleanup([])
 
 
 def test_refine_changes_only_what_the_correction_reaches(frame: dict) -> None:

@@ -6,12 +6,15 @@ bundle's :class:`~scripts.inference.inferer.CoopSegInferer`. :meth:`FrameRefiner
 mask and seed map on the volume's grid (``H, W``; labels 0 background, 1 LV, 2 myocardium, 3 RV; seeds -1 where
 unmarked), refines on the network grid (:func:`scripts.interactive.refinement.refine_slice`) and returns the new
 mask on the volume's grid: pixels change only where the refinement changed the label (so resampling never moves an
-untouched boundary), and every seed keeps its label.
+untouched boundary), and every seed keeps its label. :meth:`FrameRefiner.automatic_volume` gives the frame's mask
+as the inference workflow delivers it (the argmax, then the clean-up steps of ``label_postprocessing``: the largest
+connected component per structure, hole filling when enabled), which is the mask a user starts correcting.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,10 +22,31 @@ import torch
 from scipy import ndimage
 
 from ..inference.inferer import CoopSegInferer
+from ..inference.outputs import FrameArgmaxd
 from .grid import SliceGrid
 from .refinement import RefinementSettings, refine_slice, stn_shape_prior
 
-__all__ = ["FrameRefiner"]
+__all__ = ["FrameRefiner", "label_cleanup"]
+
+LabelCleanup = Callable[[np.ndarray], np.ndarray]
+
+
+def label_cleanup(label_postprocessing: Sequence[Callable[[dict], dict]]) -> LabelCleanup:
+    """The clean-up steps of the bundle's parsed ``label_postprocessing`` (the transforms after its
+    :class:`~scripts.inference.outputs.FrameArgmaxd`) as a function of one frame's ``H, W, D`` label codes."""
+    steps = list(label_postprocessing)
+    argmax = [i for i, t in enumerate(steps) if isinstance(t, FrameArgmaxd)]
+    if not argmax:
+        raise ValueError("label_postprocessing has no FrameArgmaxd: cannot tell its clean-up steps apart.")
+    steps = steps[argmax[0] + 1 :]
+
+    def clean(labels: np.ndarray) -> np.ndarray:
+        data = {"pred": torch.as_tensor(np.ascontiguousarray(labels))[None]}
+        for step in steps:
+            data = step(data)
+        return np.asarray(data["pred"][0], dtype=labels.dtype)
+
+    return clean
 
 
 class FrameRefiner:
@@ -97,6 +121,13 @@ class FrameRefiner:
     def automatic_mask(self, k: int) -> np.ndarray:
         """The model's mask of slice ``k`` on the volume's grid (``H, W`` uint8)."""
         return self.grid.probs_to_native(self.model_probs(k)).argmax(axis=0).astype(np.uint8)
+
+    def automatic_volume(self, cleanup: LabelCleanup | None = None) -> np.ndarray:
+        """The model's mask of every slice (``H, W, D`` uint8), cleaned up by ``cleanup`` (see
+        :func:`label_cleanup`; None: the argmax alone)."""
+        self.precompute()
+        labels = np.stack([self.automatic_mask(k) for k in range(self.num_slices)], axis=-1)
+        return labels if cleanup is None else cleanup(labels)
 
     def resolve_excluded(self, k: int, pixels: np.ndarray, excluded: int, prior: np.ndarray) -> np.ndarray:
         """Labels ``N`` for marks that only say "not ``excluded``" (a background click or scribble of the selected
