@@ -26,9 +26,10 @@ from ..inference.outputs import FrameArgmaxd
 from .grid import SliceGrid
 from .refinement import RefinementSettings, refine_slice, stn_shape_prior
 
-__all__ = ["FrameRefiner", "label_cleanup"]
+__all__ = ["FrameRefiner", "LabelCleanup", "label_cleanup"]
 
 LabelCleanup = Callable[[np.ndarray], np.ndarray]
+"""One frame's ``H, W, D`` label codes -> the same, cleaned up as the inference workflow does."""
 
 
 def label_cleanup(label_postprocessing: Sequence[Callable[[dict], dict]]) -> LabelCleanup:
