@@ -64,6 +64,7 @@ STEPS = (0, 1, 3, 5)
 MAX_INTERACTIONS = 10
 TARGET = 0.90
 SHIFTED_BELOW = 0.70
+HEADLINE_KEYS = ("dice_0", "dice_1", "dice_3", "dice_5", "noi90", "missed90")  # the figures a headline averages
 
 
 def bundle_parser(bundle: Path):
@@ -424,8 +425,9 @@ MODE_NAMES = {
 def headline(sets: dict[str, Any], modes: list[str]) -> tuple[list[str], dict[str, dict[str, float]]]:
     """The shifted test sets whose automatic mask scores below 0.70, and per mode the mean of their figures."""
     chosen = [n for n, r in sets.items() if n != "source" and r["automatic_volume_dice"] < SHIFTED_BELOW]
-    keys = ("dice_0", "dice_1", "dice_3", "dice_5", "noi90", "missed90")
-    means = {mode: {k: float(np.mean([sets[n]["modes"][mode][k] for n in chosen])) for k in keys} for mode in modes}
+    means = {
+        mode: {k: float(np.mean([sets[n]["modes"][mode][k] for n in chosen])) for k in HEADLINE_KEYS} for mode in modes
+    }
     return chosen, means
 
 
@@ -433,12 +435,11 @@ def low_slice_headline(sets: dict[str, Any], modes: list[str]) -> tuple[int, dic
     """The slices of the shifted test sets whose automatic mask scores below 0.70 (every set, whatever its volume
     Dice), pooled: their number and per mode the slice-weighted mean of their figures."""
     rows = [r["low_slices"] for n, r in sets.items() if n != "source" and r.get("low_slices")]
-    keys = ("dice_0", "dice_1", "dice_3", "dice_5", "noi90", "missed90")
     means = {}
     for mode in modes:
         parts = [r[mode] for r in rows if mode in r]
         total = sum(p["slices"] for p in parts)
-        means[mode] = {k: sum(p[k] * p["slices"] for p in parts) / total for k in keys} if total else {}
+        means[mode] = {k: sum(p[k] * p["slices"] for p in parts) / total for k in HEADLINE_KEYS} if total else {}
     return sum(r[modes[0]]["slices"] for r in rows if modes[0] in r), means
 
 
