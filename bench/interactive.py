@@ -111,15 +111,16 @@ def run_volume(
     settings: dict[str, RefinementSettings],
     modes: list[str],
     cleanup: LabelCleanup,
+    correction_network: Any = None,
 ) -> dict[str, Any]:
     """Curves per mode for every slice of one volume, and the automatic mask's volume Dice; ``settings`` per
     refined mode (``click``, ``scribble``); ``cleanup`` the bundle's label clean-up (the automatic mask is the one
-    the inference workflow delivers)."""
+    the inference workflow delivers); ``correction_network`` the learned correction, for settings that use it."""
     import nibabel as nib
 
     image = preprocess({"image": str(suite / entry["image"])})["image"]
     truth = np.asarray(nib.load(str(suite / entry["label"])).dataobj).astype(np.uint8)
-    refiner = FrameRefiner.from_preprocessed(image, 0, truth.shape, network)
+    refiner = FrameRefiner.from_preprocessed(image, 0, truth.shape, network, correction_network=correction_network)
     refiner.precompute()
     refiners = {mode: refiner.with_settings(s) for mode, s in settings.items()}  # one FTN + STN pass per volume
     automatic = refiner.automatic_volume(cleanup)
@@ -180,6 +181,12 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
     cleanup = label_cleanup(parser.get_parsed_content("label_postprocessing"))
     network = load_network(bundle, weights)
     settings = refinement_settings(bundle, json.loads(args.settings) if args.settings else {})
+    correction = None
+    if any(s.learned for s in settings.values()):
+        from scripts.interactive.correction_network import load_correction_network
+
+        path = getattr(args, "correction_weights", "") or bundle / "models" / "correction_net.pt"
+        correction = load_correction_network(path)
     results: dict[str, Any] = {}
     best: tuple[float, Any, int] = (-1.0, None, 0)
     for name in names:
@@ -187,7 +194,7 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
         per_mode: dict[str, list[InteractionCurve]] = {m: [] for m in args.modes}
         automatic = []
         for entry in pick(datalist[name], args.volumes):
-            got = run_volume(preprocess, network, entry, suite, settings, args.modes, cleanup)
+            got = run_volume(preprocess, network, entry, suite, settings, args.modes, cleanup, correction)
             automatic.append(got["automatic_dice"])
             if name != "source" and got["best_slice"] and got["best_slice"][0] > best[0]:
                 best = (got["best_slice"][0], entry, got["best_slice"][1])
@@ -216,7 +223,7 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
     report = {"suite": suite.name, "settings": {m: s.__dict__ for m, s in settings.items()}, "sets": results}
     if args.figure and best[1] is not None:
         report["figure"] = lambda: example_figure(preprocess, network, best[1], suite, best[2], settings,
-                                                  Path(args.figure), cleanup)  # fmt: skip
+                                                  Path(args.figure), cleanup, correction)  # fmt: skip
     return report
 
 
@@ -229,6 +236,7 @@ def example_figure(
     settings: dict[str, RefinementSettings],
     path: Path,
     cleanup: LabelCleanup,
+    correction_network: Any = None,
 ) -> None:
     """PNG: slice ``k`` of a volume before, with the first correction of the simulated annotator (a click, a
     scribble) and after its refinement, masks drawn over the image."""
@@ -243,7 +251,8 @@ def example_figure(
     image = np.asarray(nib.load(str(suite / entry["image"])).dataobj, dtype=np.float32)[:, :, k]
     truth = np.asarray(nib.load(str(suite / entry["label"])).dataobj).astype(np.uint8)
     preprocessed = preprocess({"image": str(suite / entry["image"])})["image"]
-    refiner = FrameRefiner.from_preprocessed(preprocessed, 0, truth.shape, network)
+    refiner = FrameRefiner.from_preprocessed(preprocessed, 0, truth.shape, network,
+                                             correction_network=correction_network)  # fmt: skip
     refiners = {mode: refiner.with_settings(s) for mode, s in settings.items()}
     truth = truth[:, :, k]
     before = refiner.automatic_volume(cleanup)[:, :, k]
@@ -295,6 +304,11 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=4, help="volumes per test set, spread over it (0: all)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--settings", default="", help="JSON of RefinementSettings fields to change")
+    parser.add_argument(
+        "--correction_weights",
+        default="",
+        help="the learned correction, for settings with learned: true (default: the bundle's)",
+    )
     parser.add_argument("--server", action="store_true", help="also time refinements through a MONAI Label server")
     parser.add_argument("--repeats", type=int, default=10, help="timed server requests per model")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "interactive"), help="results folder")

@@ -89,6 +89,10 @@ class RefinementSettings:
         shape_radius: the fusion applies within this distance of the changed pixels; the rest keeps the belief.
         lamda: graph cuts: weight of the pairwise term.
         sigma: graph cuts: intensity scale of the pairwise term.
+        learned: after the method, the learned correction
+            (:class:`~scripts.interactive.correction_network.CorrectionNet`) looks at the whole slice and fixes what
+            the user did not mark as well; what the method changed stays (applied by
+            :class:`~scripts.interactive.session.FrameRefiner`, which holds the network).
     """
 
     method: str = "geodesic"
@@ -109,6 +113,7 @@ class RefinementSettings:
     shape_radius: float = 10.0
     lamda: float = 2.0
     sigma: float = 0.1
+    learned: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

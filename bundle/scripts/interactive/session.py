@@ -6,7 +6,9 @@ bundle's :class:`~scripts.inference.inferer.CoopSegInferer`. :meth:`FrameRefiner
 mask and seed map on the volume's grid (``H, W``; labels 0 background, 1 LV, 2 myocardium, 3 RV; seeds -1 where
 unmarked), refines on the network grid (:func:`scripts.interactive.refinement.refine_slice`) and returns the new
 mask on the volume's grid: pixels change only where the refinement changed the label (so resampling never moves an
-untouched boundary), and every seed keeps its label. :meth:`FrameRefiner.automatic_volume` gives the frame's mask
+untouched boundary), and every seed keeps its label. With ``settings.learned`` the learned correction
+(:mod:`scripts.interactive.correction_network`) then looks at the whole slice and may change what the user did not
+mark; what the refinement changed stays. :meth:`FrameRefiner.automatic_volume` gives the frame's mask
 as the inference workflow delivers it (the argmax, then the clean-up steps of ``label_postprocessing``: the largest
 connected component per structure, hole filling when enabled), which is the mask a user starts correcting.
 """
@@ -23,6 +25,7 @@ from scipy import ndimage
 
 from ..inference.inferer import CoopSegInferer
 from ..inference.outputs import FrameArgmaxd
+from .correction_network import CorrectionNet, correct_slice
 from .grid import SliceGrid
 from .refinement import RefinementSettings, refine_slice, stn_shape_prior
 
@@ -60,6 +63,8 @@ class FrameRefiner:
         network: the served network (``nn.Module`` or TorchScript) in eval mode.
         settings: the refinement settings (default :class:`RefinementSettings`).
         inferer: the bundle's inferer (a new ``CoopSegInferer(refine=True)`` if None).
+        correction_network: the learned correction (:class:`~scripts.interactive.correction_network.CorrectionNet`,
+            eval mode), used when ``settings.learned`` is set.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class FrameRefiner:
         network: Any,
         settings: RefinementSettings | None = None,
         inferer: CoopSegInferer | None = None,
+        correction_network: CorrectionNet | None = None,
     ) -> None:
         self.image = torch.as_tensor(image, dtype=torch.float32)
         if self.image.ndim != 3 or self.image.shape[2] != native_shape[2]:
@@ -82,6 +88,7 @@ class FrameRefiner:
         self.inferer = inferer or CoopSegInferer(refine=True)
         self._probs: dict[int, np.ndarray] = {}
         self._shape_prior = stn_shape_prior(network)
+        self.correction_network = correction_network
 
     @classmethod
     def from_preprocessed(cls, image: Any, frame: int, native_shape: tuple[int, ...], network: Any, **kwargs: Any):
@@ -97,6 +104,11 @@ class FrameRefiner:
         other = copy.copy(self)
         other.settings = settings
         return other
+
+    def _check_learned(self) -> None:
+        if self.settings.learned and self.correction_network is None:
+            raise ValueError("the refinement settings ask for the learned correction (learned: true), but no "
+                             "correction network was given (models/correction_net.pt).")  # fmt: skip
 
     @property
     def num_slices(self) -> int:
@@ -148,10 +160,25 @@ class FrameRefiner:
         expected = self.native_shape[:2]
         if prior.shape != expected or seeds.shape != expected:
             raise ValueError(f"prior {prior.shape} and seeds {seeds.shape} must be the slice's {expected}.")
+        self._check_learned()
         prior_n = self.grid.labels_to_network(prior.astype(np.int16))
         seeds_n = self.grid.seeds_to_network(seeds.astype(np.int16))
         image_n = self.image[:, :, k].numpy()
         probs = refine_slice(image_n, self.model_probs(k), prior_n, seeds_n, self._shape_prior, self.settings)
+        mask = self._apply(prior, prior_n, probs, seeds)
+        if not self.settings.learned:
+            return mask
+        # the learned correction sees the whole slice after the spread; what the spread changed stays
+        current_n = self.grid.labels_to_network(mask.astype(np.int16))
+        probs = correct_slice(self.correction_network, image_n, current_n, seeds_n)
+        learned = self._apply(mask, current_n, probs, seeds)
+        spread = mask != prior
+        learned[spread] = mask[spread]
+        return learned
+
+    def _apply(self, prior: np.ndarray, prior_n: np.ndarray, probs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """``prior`` (volume grid) changed where the argmax of ``probs`` (network grid) differs from ``prior_n``
+        (resampled there, the boundary widened by a pixel), every seed keeping its label."""
         changed_n = probs.argmax(axis=0) != prior_n
         changed = self.grid.labels_to_native(changed_n.astype(np.uint8)) > 0
         changed = ndimage.binary_dilation(changed, iterations=1)

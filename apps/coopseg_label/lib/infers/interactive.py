@@ -138,6 +138,11 @@ class CoopSegInteractiveTask(CoopSegInferTask):
         self._config.pop("model_filename", None)
         labels = bundle_module(Path(path), "labels").LABELS
         self.codes = {label.name: label.code for label in labels}
+        self._correction_network = None
+        if self._refinement.learned:  # a missing or wrong file stops the app at start, naming it
+            module = bundle_module(Path(path), "interactive.correction_network")
+            weights = Path(path) / "models" / "correction_net.pt"
+            self._correction_network = module.load_correction_network(weights, len(labels) + 1)
 
     def refinement_settings(self) -> Any:
         """The bundle's refinement settings for this kind of correction (``RefinementSettings``)."""
@@ -370,7 +375,13 @@ class CoopSegInteractiveTask(CoopSegInferTask):
                 module = bundle_module(Path(self.bundle_path), "interactive.session")
                 inferer = self.inferer({"device": device})
                 refiner = module.FrameRefiner.from_preprocessed(
-                    image, f, shape, network, settings=self.refinement_settings(), inferer=inferer
+                    image,
+                    f,
+                    shape,
+                    network,
+                    settings=self.refinement_settings(),
+                    inferer=inferer,
+                    correction_network=self._correction_network,
                 )
                 session["refiners"][f] = refiner
             slices = sorted(k for g, k in marks if g == f)
