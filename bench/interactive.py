@@ -21,6 +21,8 @@ The tables go to ``--out``: ``results.md`` / ``results.json`` (the simulated ann
     python bench/interactive.py                                  # bundle/models/model.pt, 4 volumes per test set
     python bench/interactive.py --weights other.pt --volumes 20  # every test volume
     python bench/interactive.py --server --sets none             # latency only
+    python bench/interactive.py --modes scribble manual region --settings '{"learned": true}' \
+        --out docs/results/interactive/learned                   # scribbles with the learned correction
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
     if any(s.learned for s in settings.values()):
         from scripts.interactive.correction_network import load_correction_network
 
-        path = getattr(args, "correction_weights", "") or bundle / "models" / "correction_net.pt"
+        path = Path(getattr(args, "correction_weights", "") or bundle / "models" / "correction_net.pt")
         correction = load_correction_network(path)
     results: dict[str, Any] = {}
     best: tuple[float, Any, int] = (-1.0, None, 0)
@@ -221,6 +223,8 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
             time.perf_counter() - start,
         )
     report = {"suite": suite.name, "settings": {m: s.__dict__ for m, s in settings.items()}, "sets": results}
+    if correction is not None:
+        report["correction_weights"] = shown(path)
     if args.figure and best[1] is not None:
         report["figure"] = lambda: example_figure(preprocess, network, best[1], suite, best[2], settings,
                                                   Path(args.figure), cleanup, correction)  # fmt: skip
@@ -486,7 +490,8 @@ def render(report: dict[str, Any]) -> str:
     if sets:
         modes = list(next(iter(sets.values()))["modes"])
         lines += [
-            f"Suite: `{report['suite']}`. Refinement settings: `{json.dumps(report['settings'])}`.",
+            f"Suite: `{report['suite']}`. Refinement settings: `{json.dumps(report['settings'])}`."
+            + (f" Learned correction: `{report['correction_weights']}`." if "correction_weights" in report else ""),
             "",
             "Per test set: the automatic FTN + STN mask's Dice per volume (LV, myocardium, RV averaged; the mask the "
             "inference workflow delivers, its label clean-up included), then per "

@@ -221,3 +221,41 @@ def test_every_refinement_method_of_the_bundle_is_described_to_users(app_modules
     from scripts.interactive.refinement import METHODS
 
     assert set(interactive.METHOD_DESCRIPTIONS) == set(METHODS)
+
+
+def test_learned_correction_is_loaded_at_start_or_named_when_missing(app_modules, tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from scripts.interactive.correction_network import CorrectionNet
+
+    bundle = make_bundle_copy(tmp_path)
+    oracle.install(bundle)
+    config_file = bundle / "configs" / "inference.json"
+    config = json.loads(config_file.read_text())
+    config["interactive_refinement"]["scribbles"]["learned"] = True
+    config_file.write_text(json.dumps(config))
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    image, truth, affine = oracle.coded_cine()
+    write_nifti(studies / "stack.nii.gz", np.ascontiguousarray(image[..., 0]), affine)
+    conf = {"bundle_path": str(bundle), "model_dir": str(tmp_path / "models"), "skip_scoring": "true"}
+    with pytest.raises(FileNotFoundError, match=r"correction_net\.pt.*correction_training"):
+        app_modules.CoopSegApp(str(APP_DIR), str(studies), conf)
+
+    torch.save(CorrectionNet().state_dict(), bundle / "models" / "correction_net.pt")
+    app = app_modules.CoopSegApp(str(APP_DIR), str(studies), conf)
+    assert type(app._infers["coopseg_scribbles"]._correction_network).__name__ == "CorrectionNet"  # the bundle's
+    assert app._infers["coopseg_clicks"]._correction_network is None  # clicks keep their own settings
+    site = {"app": app, "root": tmp_path, "affine": affine}
+    labels = truth[..., 0].astype(np.uint8)
+    label_map = labels.copy()
+    label_map[labels == 1] = 0  # the LV missing on every slice
+    i, j = centre(labels[:, :, K] == 1)[:2]
+    label_map[i - 1 : i + 2, j - 1 : j + 2, K] = 5  # a foreground scribble of the LV
+    path = write_nifti(tmp_path / "scribbles.nii.gz", label_map, affine)
+    mask, params = infer(site, "coopseg_scribbles", "stack", label=str(path), label_info=LABEL_INFO,
+                         selected_label_name="lv")  # fmt: skip
+    assert [c["slice"] for c in params["corrected"]] == [K]
+    assert mask[i, j, K] == 1 and not mask[..., K + 1].any()  # the scribbled voxels are LV; other slices unchanged

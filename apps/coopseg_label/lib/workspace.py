@@ -7,7 +7,8 @@ the source bundle's config files (one source of truth; files MONAI Label generat
 ``monailabel_train.json``, stay in the workspace), and ``models/`` is the app's own. The source bundle's weights
 (``models/model.pt``, else ``models/model.ts``) are copied in when the workspace is created and whenever they change
 (the replaced live weights are kept under ``models/backup/``); fine-tuning then writes the new ``models/model.pt``
-there.
+there. Weights the app never retrains (the interactive models' learned correction, ``models/correction_net.pt``) are
+links to the source bundle's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from filelock import FileLock
 from .bundle_code import bundle_module
 
 logger = logging.getLogger(__name__)
+
+LINKED_MODELS = ("correction_net.pt",)  # the learned correction of the interactive models
 
 
 def resolve_source_bundle(conf: dict[str, str], app_dir: str) -> Path:
@@ -86,6 +89,12 @@ class Workspace:
             for target in sorted((self.source / "configs").iterdir()):
                 if target.is_file():
                     _link(configs / target.name, target)
+            for name in LINKED_MODELS:  # weights the app never retrains: read from the source bundle
+                link, target = self.models / name, self.source / "models" / name
+                if target.is_file():
+                    _link(link, target)
+                elif link.is_symlink():
+                    link.unlink()
             self._seed()
         return self
 
