@@ -3,6 +3,8 @@ frame refiner applies it (what the spread changed and every seed stay)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -135,20 +137,14 @@ def test_learned_refinement_keeps_the_spread_and_every_seed(refiner: FrameRefine
     settings = RefinementSettings(method="geodesic")
     spread_only = refiner.with_settings(settings).refine(k, prior, seeds)
 
-    learned = refiner.with_settings(dataclasses_replace(settings, learned=True))
+    learned = refiner.with_settings(dataclasses.replace(settings, learned=True))
     with pytest.raises(ValueError, match="correction network"):
         learned.refine(k, prior, seeds)
     learned.correction_network = _background_only()
     result = learned.refine(k, prior, seeds)
     spread = spread_only != prior
-    assert spread.sum() > seeds.__ge__(0).sum()  # the spread reached beyond the seeds
+    assert spread.sum() > (seeds >= 0).sum()  # the spread reached beyond the seeds
     np.testing.assert_array_equal(result[spread], spread_only[spread])  # what the spread changed stays
     np.testing.assert_array_equal(result[seeds >= 0], seeds[seeds >= 0])
     rest = ~spread & (seeds < 0)
     assert (result[rest] == 0).mean() > 0.99  # elsewhere the network decides (here: background)
-
-
-def dataclasses_replace(settings: RefinementSettings, **changes) -> RefinementSettings:
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)
