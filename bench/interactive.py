@@ -187,7 +187,7 @@ def simulate_sets(args: argparse.Namespace, bundle: Path, weights: Path) -> dict
     if any(s.learned for s in settings.values()):
         from scripts.interactive.correction_network import load_correction_network
 
-        path = Path(getattr(args, "correction_weights", "") or bundle / "models" / "correction_net.pt")
+        path = Path(args.correction_weights or bundle / "models" / "correction_net.pt")
         correction = load_correction_network(path)
     results: dict[str, Any] = {}
     best: tuple[float, Any, int] = (-1.0, None, 0)

@@ -20,7 +20,7 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-__all__ = ["CorrectionNet", "correct_slice", "correction_inputs", "load_correction_network"]
+__all__ = ["CorrectionNet", "correct_slice", "correction_inputs", "load_correction_network", "onehot_codes"]
 
 DIVISOR = 16  # four poolings
 
@@ -75,7 +75,7 @@ def load_correction_network(path: str | Path, num_classes: int = 4) -> Correctio
     return network.eval()
 
 
-def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+def onehot_codes(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """``H, W`` codes (-1: none) -> ``K, H, W`` float32."""
     return (labels[None] == np.arange(num_classes)[:, None, None]).astype(np.float32)
 
@@ -90,8 +90,8 @@ def correction_inputs(
     h, w = image.shape
     pad = ((0, -h % DIVISOR), (0, -w % DIVISOR))
     x = np.pad(image.astype(np.float32), pad)[None, None]
-    m = np.pad(_onehot(mask, num_classes), ((0, 0), *pad))[None]
-    s = np.pad(_onehot(seeds, num_classes), ((0, 0), *pad))[None]
+    m = np.pad(onehot_codes(mask, num_classes), ((0, 0), *pad))[None]
+    s = np.pad(onehot_codes(seeds, num_classes), ((0, 0), *pad))[None]
     return torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(s)
 
 

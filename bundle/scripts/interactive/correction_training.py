@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 
 from .annotator import largest_error_region, stroke_along
-from .correction_network import DIVISOR, CorrectionNet
+from .correction_network import DIVISOR, CorrectionNet, onehot_codes
 from .grid import SliceGrid
 
 __all__ = ["Sample", "intensity_variants", "make_batch", "segmentation_samples", "simulate_state", "train"]
@@ -124,7 +124,6 @@ def make_batch(
 ) -> tuple[torch.Tensor, ...]:
     """``(image B,1,c,c; mask one-hot B,K,c,c; marks one-hot B,K,c,c; target B,c,c)`` of ``size`` random samples."""
     images, masks, marks, targets = [], [], [], []
-    classes = np.arange(num_classes)[:, None, None]
     for j in rng.choice(len(samples), size, replace=len(samples) < size):
         image, truth, pred = samples[int(j)]
         turns, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
@@ -132,8 +131,8 @@ def make_batch(
         mask, seeds = simulate_state(np.ascontiguousarray(pred), np.ascontiguousarray(truth), rng)
         box = _crop(truth, rng, crop)
         images.append(_cut(image, box, crop)[None])
-        masks.append((_cut(mask, box, crop)[None] == classes).astype(np.float32))
-        marks.append((_cut(seeds, box, crop, fill=-1)[None] == classes).astype(np.float32))
+        masks.append(onehot_codes(_cut(mask, box, crop), num_classes))
+        marks.append(onehot_codes(_cut(seeds, box, crop, fill=-1), num_classes))
         targets.append(_cut(truth, box, crop))
     return tuple(torch.from_numpy(np.ascontiguousarray(np.stack(a))) for a in (images, masks, marks, targets))
 
